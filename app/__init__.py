@@ -1,0 +1,3 @@
+"""lbproxy: a Host-routing HTTP load balancer on gunicorn + gevent."""
+
+__version__ = "0.1.0"

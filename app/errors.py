@@ -1,0 +1,69 @@
+"""What can go wrong with one proxied request, as types.
+
+Each error carries the status the client gets, a short plain-text body (never
+a traceback) and a ``kind``: the name metrics and the access log use for it.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    status = "502 Bad Gateway"
+    kind = "proxy_error"
+    message = "the proxy could not complete the request"
+
+    def __init__(self, detail: str = ""):
+        super().__init__(detail or self.message)
+        self.detail = detail
+
+    def body(self) -> bytes:
+        return f"{self.status}: {self.message}\n".encode()
+
+
+class BadRequest(ProxyError):
+    status = "400 Bad Request"
+    kind = "bad_request"
+    message = "the request could not be understood"
+
+    def body(self) -> bytes:
+        return f"{self.status}: {self.detail or self.message}\n".encode()
+
+
+class UnknownDomain(ProxyError):
+    status = "404 Not Found"
+    kind = "unknown_domain"
+    message = "no service is configured for this host"
+
+
+class MethodNotAllowed(ProxyError):
+    status = "405 Method Not Allowed"
+    kind = "method_not_allowed"
+    message = "CONNECT is not supported: lbproxy is a reverse proxy, not a tunnel"
+
+
+class ClientAbort(ProxyError):
+    """The client went away or sent a broken body while we were forwarding it."""
+
+    status = "400 Bad Request"
+    kind = "client_abort"
+    message = "the request body ended early or was malformed"
+
+
+class UpstreamConnectError(ProxyError):
+    status = "502 Bad Gateway"
+    kind = "connect_error"
+    message = "no upstream host accepted the connection"
+
+
+class UpstreamTimeout(ProxyError):
+    status = "504 Gateway Timeout"
+    kind = "timeout"
+    message = "the upstream host did not answer in time"
+
+
+class UpstreamProtocolError(ProxyError):
+    """The upstream accepted the request, then broke the connection or the protocol."""
+
+    status = "502 Bad Gateway"
+    kind = "upstream_error"
+    message = "the upstream host sent no valid response"

@@ -1,0 +1,170 @@
+"""Send one request to one upstream host over a pooled keep-alive connection.
+
+The connection pools belong to one ``requests.Session`` per worker, configured
+for a proxy rather than a script (see ``make_session``). The hot path takes a
+connection from the session's urllib3 pool and drives it with the connection's
+own ``request()``: it is the only layer that sends the request target exactly as
+given (``requests`` re-quotes ``%7e`` to ``~``; ``urlopen`` upper-cases
+``%2f``), and it skips the per-request preparation ``requests`` would do.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import SKIP_HEADER
+
+from app.config import Host, Timeout
+from app.errors import (
+    BadRequest,
+    ClientAbort,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from app.request import ProxyRequest
+from app.response import UpstreamResponse
+
+# http.client/urllib3 add these unless told not to; a proxy adds nothing.
+_NO_DEFAULT_HEADERS = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
+
+# Failures of a kept-alive connection the upstream closed while it sat idle.
+_STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+
+
+def make_session(hosts: int, connections_per_host: int) -> requests.Session:
+    """A Session that pools for a proxy and leaks nothing between clients.
+
+    - one pool per upstream host, never evicted (``pool_connections``), each as
+      deep as the worker's concurrency (``pool_maxsize``): requests' defaults of
+      10 and 10 would reconnect per request under load;
+    - cookies are refused, so one client's Set-Cookie never joins another's
+      request;
+    - no default headers (User-Agent, Accept-Encoding) of its own;
+    - proxy settings in the environment (HTTP_PROXY, ...) are ignored.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.headers.clear()
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    session.max_redirects = 0
+    adapter = HTTPAdapter(
+        pool_connections=max(hosts, 1),
+        pool_maxsize=max(connections_per_host, 1),
+        max_retries=0,
+        pool_block=False,
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@dataclass
+class Attempt:
+    """What one try at one host cost: for metrics and the access log."""
+
+    host: Host
+    connect_time: float = 0.0
+    reused: bool = False
+
+
+class Forwarder:
+    def __init__(self, session: requests.Session):
+        self.session = session
+        self.pools = session.get_adapter("http://").poolmanager
+
+    def send(self, host: Host, request: ProxyRequest, timeout: Timeout) -> UpstreamResponse:
+        """Forward ``request`` to ``host``; return the response with its body unread.
+
+        Raises UpstreamConnectError when nothing was sent (safe to try another
+        host), UpstreamTimeout, UpstreamProtocolError or ClientAbort otherwise.
+        A pooled connection that the upstream closed while idle is retried once
+        on a fresh connection, provided no body byte was taken from the client.
+        """
+        pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
+        attempt = Attempt(host)
+        conn = self._connection(pool, attempt, timeout)
+        try:
+            return self._exchange(pool, conn, attempt, request, timeout)
+        except _STALE_CONNECTION:
+            if not attempt.reused or (request.body and request.body.started):
+                raise UpstreamProtocolError("connection reset by the upstream") from None
+        conn = self._connection(pool, attempt, timeout, fresh=True)
+        try:
+            return self._exchange(pool, conn, attempt, request, timeout)
+        except _STALE_CONNECTION:
+            raise UpstreamProtocolError("connection reset by the upstream") from None
+
+    def _connection(self, pool, attempt: Attempt, timeout: Timeout, fresh: bool = False):
+        """A connected connection: pooled if one is fresh enough, else a new one."""
+        conn = pool._get_conn()
+        idle_since = getattr(conn, "lbproxy_idle_since", 0.0)
+        if conn.sock is not None and (fresh or time.monotonic() - idle_since > timeout.idle):
+            conn.close()
+        attempt.reused = conn.sock is not None
+        if attempt.reused:
+            return conn
+        conn.timeout = timeout.connect
+        started = time.perf_counter()
+        try:
+            conn.connect()
+        except (NewConnectionError, ConnectTimeoutError, OSError) as error:
+            pool._put_conn(conn)
+            raise UpstreamConnectError(f"{attempt.host.name}: {error}") from None
+        attempt.connect_time = time.perf_counter() - started
+        return conn
+
+    def _exchange(self, pool, conn, attempt, request, timeout) -> UpstreamResponse:
+        """Send the request on ``conn`` and read the response headers."""
+        conn.timeout = timeout.read
+        started = time.perf_counter()
+        try:
+            conn.request(
+                request.method,
+                request.target,
+                body=request.body,
+                headers={**_NO_DEFAULT_HEADERS, **request.headers},
+                chunked=bool(request.body and request.body.chunked),
+                preload_content=False,
+                decode_content=False,
+            )
+            raw = conn.getresponse()
+        except BaseException as error:
+            conn.close()
+            pool._put_conn(conn)
+            raise _translate(error) from None
+        return UpstreamResponse(
+            raw,
+            release=lambda reusable: _release(pool, conn, reusable),
+            host=attempt.host,
+            connect_time=attempt.connect_time,
+            upstream_time=time.perf_counter() - started,
+        )
+
+
+def _release(pool, conn, reusable: bool) -> None:
+    """Give the connection back: kept alive if its response was read to the end."""
+    if reusable:
+        conn.lbproxy_idle_since = time.monotonic()
+    else:
+        conn.close()
+    pool._put_conn(conn)
+
+
+def _translate(error: BaseException) -> BaseException:
+    """Map a failure during the exchange to what the client is told."""
+    if isinstance(error, (ClientAbort, _STALE_CONNECTION)):
+        return error
+    if isinstance(error, TimeoutError):
+        return UpstreamTimeout(str(error))
+    if isinstance(error, ValueError):  # http.client refused a header or target we were given
+        return BadRequest(f"the request cannot be forwarded ({error})")
+    if isinstance(error, (OSError, http.client.HTTPException)):
+        return UpstreamProtocolError(f"{type(error).__name__}: {error}")
+    return error

@@ -1,0 +1,58 @@
+"""Stream the upstream's response back to the client.
+
+The body is passed through as it arrives, in the upstream's own encoding
+(gzip stays gzip), never buffered whole. When the client has read it all the
+connection goes back to the pool; if the client left early it is closed, since
+the rest of the body would still be on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from app.config import Host
+from app.headers import response_headers
+
+RESPONSE_CHUNK = 64 * 1024
+
+
+class UpstreamResponse:
+    """A WSGI response iterable over an upstream response whose body is unread."""
+
+    def __init__(
+        self,
+        raw,
+        release: Callable[[bool], None],
+        host: Host,
+        connect_time: float = 0.0,
+        upstream_time: float = 0.0,
+    ):
+        self.raw = raw
+        self.host = host
+        self.status = raw.status
+        self.status_line = f"{raw.status} {raw.reason}"
+        self.headers = response_headers(raw.headers.items())
+        self.connect_time = connect_time
+        self.upstream_time = upstream_time
+        self.bytes_sent = 0
+        self.on_close: list[Callable[[], None]] = []
+        self._release = release
+        self._complete = False
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.raw.stream(RESPONSE_CHUNK, decode_content=False):
+            self.bytes_sent += len(chunk)
+            yield chunk
+        self._complete = True
+
+    def close(self) -> None:
+        """Called by the WSGI server once the response is done, or abandoned."""
+        if self._closed:
+            return
+        self._closed = True
+        # A response that ended with "Connection: close" has already closed its
+        # socket (http.client does it); the pool then reconnects on next use.
+        self._release(self._complete)
+        for callback in self.on_close:
+            callback()

@@ -1,0 +1,30 @@
+"""gunicorn settings for lbproxy: ``gunicorn -c gunicorn.conf.py`` from the repo root.
+
+gunicorn runs this file in the master at start and again on SIGHUP. It
+validates proxy.yaml first (see app/master.py): an invalid file stops the start
+with the reason, and on reload keeps the running config.
+
+Environment (app/settings.py):
+  PROXY_CONFIG              path of proxy.yaml (default: proxy.yaml in the repo root)
+  PROXY_WORKERS             worker processes (default: one per CPU)
+  PROXY_WORKER_CONNECTIONS  requests one worker holds at once (default 1000); also
+                            the depth of each upstream's connection pool
+"""
+
+from app import settings
+from app.master import load_or_keep
+
+_config = load_or_keep()
+
+wsgi_app = "app.wsgi:application"
+bind = [f"{_config.listen.address}:{_config.listen.port}"]
+worker_class = "gevent"
+workers = settings.workers()
+# Below the concurrency a worker must hold, gunicorn starves connections silently.
+worker_connections = settings.worker_connections()
+# Client keep-alive: a load balancer sits behind clients that reuse connections.
+keepalive = 15
+# SIGTERM: stop accepting, let in-flight requests finish for this long.
+graceful_timeout = 30
+proc_name = "lbproxy"
+control_socket_disable = True  # one proxy per host path would collide; not used

@@ -1,0 +1,1 @@
+"""The downstream mock: an echo server to balance over in tests, demos and load runs."""
