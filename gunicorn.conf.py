@@ -17,7 +17,10 @@ from app.master import load_or_keep
 _config = load_or_keep()
 
 wsgi_app = "app.wsgi:application"
-bind = [f"{_config.listen.address}:{_config.listen.port}"]
+bind = [
+    f"{_config.listen.address}:{_config.listen.port}",
+    f"{_config.admin.address}:{_config.admin.port}",  # health and status: app/admin.py
+]
 worker_class = "gevent"
 workers = settings.workers()
 # Below the concurrency a worker must hold, gunicorn starves connections silently.

@@ -34,6 +34,7 @@ DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 1.5
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0"
 DEFAULT_LISTEN_PORT = 8080
+DEFAULT_ADMIN_PORT = 9901
 
 _HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
@@ -51,6 +52,12 @@ class ConfigError(ValueError):
 class Listen:
     address: str = DEFAULT_LISTEN_ADDRESS
     port: int = DEFAULT_LISTEN_PORT
+
+
+@dataclass(frozen=True)
+class Admin:
+    address: str = DEFAULT_LISTEN_ADDRESS
+    port: int = DEFAULT_ADMIN_PORT
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Defaults:
 class ProxyConfig:
     services: tuple[Service, ...]
     listen: Listen = field(default_factory=Listen)
+    admin: Admin = field(default_factory=Admin)
     defaults: Defaults = field(default_factory=Defaults)
     source: str = "<memory>"
 
@@ -131,18 +139,21 @@ def parse_config(text: str, source: str = "<memory>") -> ProxyConfig:
 
 
 def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
-    data = _mapping(value, where, required={"services"}, optional={"listen", "defaults"})
+    data = _mapping(value, where, required={"services"}, optional={"listen", "admin", "defaults"})
     defaults = _defaults(data.get("defaults", {}), f"{where}.defaults")
-    listen = _listen(data.get("listen", {}), f"{where}.listen")
+    listen = _listener(data.get("listen", {}), f"{where}.listen", Listen)
+    admin = _listener(data.get("admin", {}), f"{where}.admin", Admin)
+    if admin.port == listen.port:
+        raise ConfigError(f"{where}.admin.port", f"must differ from {where}.listen.port")
     services = _services(data["services"], f"{where}.services", defaults)
-    return ProxyConfig(services=services, listen=listen, defaults=defaults, source=source)
+    return ProxyConfig(services, listen, admin, defaults, source)
 
 
-def _listen(value: Any, where: str) -> Listen:
+def _listener(value: Any, where: str, kind: type[Listen] | type[Admin]):
     data = _mapping(value, where, optional={"address", "port"})
-    return Listen(
-        address=_address(data.get("address", DEFAULT_LISTEN_ADDRESS), f"{where}.address"),
-        port=_port(data.get("port", DEFAULT_LISTEN_PORT), f"{where}.port"),
+    return kind(
+        address=_address(data.get("address", kind.address), f"{where}.address"),
+        port=_port(data.get("port", kind.port), f"{where}.port"),
     )
 
 
@@ -279,7 +290,9 @@ def _name(value: Any, where: str) -> str:
 def _domain(value: Any, where: str) -> str:
     """A domain is matched against Host headers: lower-case, no port, no dot at the end."""
     if not isinstance(value, str) or not is_hostname(value.lower().rstrip(".")):
-        raise ConfigError(where, f"expected a DNS name such as api.example.com, got {_describe(value)}")
+        raise ConfigError(
+            where, f"expected a DNS name such as api.example.com, got {_describe(value)}"
+        )
     return value.lower().rstrip(".")
 
 

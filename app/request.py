@@ -81,7 +81,7 @@ def domain_of(host_header: str) -> str:
     host = host_header.strip()
     if host.startswith("["):
         end = host.find("]")
-        if end < 0 or host[end + 1 :] and not _is_port_suffix(host[end + 1 :]):
+        if end < 0 or (host[end + 1 :] and not _is_port_suffix(host[end + 1 :])):
             raise BadRequest("invalid Host header")
         return host[1:end].lower()
     name, _, port = host.partition(":")

@@ -23,8 +23,7 @@ class Route:
 class Router:
     def __init__(self, config: ProxyConfig):
         self.routes = {
-            service.domain: Route(service, make_balancer(service))
-            for service in config.services
+            service.domain: Route(service, make_balancer(service)) for service in config.services
         }
 
     def route(self, domain: str) -> Route:

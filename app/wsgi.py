@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from app import settings
+from app.admin import Admin
 from app.config import ProxyConfig, load_config
 from app.errors import ProxyError, UpstreamConnectError
 from app.forward import Forwarder, make_session
@@ -24,13 +25,18 @@ from app.routing import Route, Router
 
 log = logging.getLogger("lbproxy")
 
+
 class Proxy:
     def __init__(self, config: ProxyConfig, concurrency: int = settings.DEFAULT_WORKER_CONNECTIONS):
         self.config = config
         self.router = Router(config)
+        self.admin = Admin(self.router)
+        self.admin_port = str(config.admin.port)
         self.forwarder = Forwarder(make_session(len(config.hosts), concurrency))
 
     def __call__(self, environ, start_response):
+        if environ.get("SERVER_PORT") == self.admin_port:
+            return self.admin(environ, start_response)
         try:
             request = parse_request(environ)
             route = self.router.route(request.domain)

@@ -20,7 +20,7 @@ import gzip
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
@@ -72,7 +72,7 @@ class EchoApp:
             "headers": request_headers(environ),
             "body": body.decode("utf-8", errors="replace"),
             "body_length": len(body),
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         return json.dumps(answer, indent=1).encode() + b"\n"
 

@@ -1,0 +1,73 @@
+"""The admin listener: health and status, on a port of its own.
+
+It is bound next to the proxy's listener (``proxy.admin``, default port 9901,
+as Envoy's admin) and told apart by the port a request arrived on, which
+gunicorn takes from the listening socket, not from the Host header. So these
+paths never shadow a path of a routed domain, and a client of the proxy port
+cannot reach them.
+
+  GET /healthz  liveness: 200 while the worker serves
+  GET /readyz   readiness: 200 when every service has a host in rotation, else 503
+  GET /status   JSON: services, their hosts, and this worker's in-flight counts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from app.routing import Router
+
+
+class Admin:
+    def __init__(self, router: Router):
+        self.router = router
+        self.pages = {"/healthz": self.healthz, "/readyz": self.readyz, "/status": self.status}
+
+    def __call__(self, environ, start_response):
+        page = self.pages.get(environ.get("PATH_INFO", ""))
+        if page is None:
+            return _answer(start_response, "404 Not Found", b"not found\n")
+        return page(start_response)
+
+    def healthz(self, start_response):
+        return _answer(start_response, "200 OK", b"ok\n")
+
+    def readyz(self, start_response):
+        empty = [
+            route.service.name for route in self.router.routes.values() if not route.balancer.hosts
+        ]
+        if empty:
+            return _answer(
+                start_response,
+                "503 Service Unavailable",
+                f"no host for: {', '.join(empty)}\n".encode(),
+            )
+        return _answer(start_response, "200 OK", b"ready\n")
+
+    def status(self, start_response):
+        services = [
+            {
+                "name": route.service.name,
+                "domain": route.service.domain,
+                "strategy": route.service.strategy,
+                "hosts": [
+                    {
+                        "host": host.name,
+                        "weight": host.weight,
+                        "in_flight": route.balancer.in_flight[host],
+                    }
+                    for host in route.balancer.hosts
+                ],
+            }
+            for route in self.router.routes.values()
+        ]
+        body = json.dumps({"worker_pid": os.getpid(), "services": services}, indent=1).encode()
+        return _answer(start_response, "200 OK", body + b"\n", "application/json")
+
+
+def _answer(
+    start_response, status: str, body: bytes, content_type: str = "text/plain; charset=utf-8"
+):
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
