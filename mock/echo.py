@@ -31,8 +31,10 @@ class EchoApp:
     def __init__(self, name: str, port: int):
         self.name = name
         self.port = port
+        self.served = 0  # requests this worker answered: lets tests see what reached it
 
     def __call__(self, environ, start_response):
+        self.served += 1
         controls = parse_qs(environ.get("QUERY_STRING", ""))
         delay = float(_first(controls, "delay", "0"))
         if delay > 0:
@@ -66,6 +68,7 @@ class EchoApp:
             "instance": self.name,
             "port": self.port,
             "pid": os.getpid(),
+            "served": self.served,
             "method": environ["REQUEST_METHOD"],
             "path": path,
             "query": query,

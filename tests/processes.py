@@ -1,0 +1,126 @@
+"""Real processes for tests: start, wait for the port, stop by PID.
+
+Every server a test needs (the proxy under gunicorn, mock instances) runs as a
+child process on 127.0.0.1. Nothing is ever stopped by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"process exited with {process.returncode} before port {port} opened"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout} s")
+
+
+class Server:
+    """A child process serving on ``port``, with its output in a log file."""
+
+    def __init__(self, args: list[str], port: int, env: dict | None = None, name: str = "server"):
+        self.port = port
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix=f"lbproxy-{name}-", suffix=".log", delete=False
+        )
+        self.process = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid
+        try:
+            wait_for_port(port, self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{name} did not start:\n{self.output()}") from None
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.log.close()
+        return self.process.returncode
+
+
+def start_mock(name: str, port: int | None = None, keepalive: int = 2) -> Server:
+    port = port or free_port()
+    args = [sys.executable, "-m", "mock", "--port", str(port), "--name", name]
+    return Server([*args, "--keepalive", str(keepalive)], port, name=f"mock-{name}")
+
+
+def write_config(directory: Path, services: list[dict], **proxy: object) -> Path:
+    """A proxy.yaml on free ports; returns its path (ports readable back from it)."""
+    document = {
+        "proxy": {
+            "listen": {"address": "127.0.0.1", "port": free_port()},
+            "admin": {"address": "127.0.0.1", "port": free_port()},
+            **proxy,
+            "services": services,
+        }
+    }
+    path = directory / f"proxy-{document['proxy']['listen']['port']}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+class Proxy(Server):
+    """lbproxy under real gunicorn, started the documented way: gunicorn -c gunicorn.conf.py."""
+
+    def __init__(self, config: Path, workers: int = 2, env: dict | None = None):
+        document = yaml.safe_load(config.read_text())["proxy"]
+        self.config = config
+        self.admin_port = document["admin"]["port"]
+        env = {"PROXY_CONFIG": str(config), "PROXY_WORKERS": str(workers), **(env or {})}
+        args = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"]
+        super().__init__(args, document["listen"]["port"], env=env, name="proxy")
+        wait_for_port(self.admin_port, self.process)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"

@@ -1,0 +1,49 @@
+"""The admin listener: health and status, unreachable from the proxy port."""
+
+from __future__ import annotations
+
+import requests
+
+from app.admin import Admin
+from app.balancer import RoundRobin
+from app.config import Host, Service
+from app.routing import Route, Router
+from tests.conftest import BALANCED
+
+
+def admin_get(proxy, path):
+    return requests.get(f"http://127.0.0.1:{proxy.admin_port}{path}", timeout=5)
+
+
+def test_liveness_and_readiness_answer_on_the_admin_port(proxy):
+    assert admin_get(proxy, "/healthz").text == "ok\n"
+    assert admin_get(proxy, "/readyz").status_code == 200
+    assert admin_get(proxy, "/nothing").status_code == 404
+
+
+def test_status_lists_services_and_hosts(proxy):
+    status = admin_get(proxy, "/status").json()
+    names = {service["name"]: service for service in status["services"]}
+    assert len(names["balanced"]["hosts"]) == 3
+    assert {"host", "weight", "in_flight"} <= set(names["balanced"]["hosts"][0])
+
+
+def test_admin_paths_are_not_served_on_the_proxy_port(proxy):
+    """On the proxy port /healthz belongs to the routed domain, like any path."""
+    answer = requests.get(proxy.url + "/healthz", headers={"Host": BALANCED}, timeout=5)
+    assert answer.json()["path"] == "/healthz"  # answered by the upstream mock
+    unknown = requests.get(proxy.url + "/healthz", timeout=5)  # Host: 127.0.0.1:port
+    assert unknown.status_code == 404
+
+
+def test_readiness_fails_when_a_service_has_no_host():
+    router = Router.__new__(Router)
+    router.routes = {"x.test": Route(Service("x", "x.test", ()), RoundRobin(()))}
+    statuses = []
+    body = Admin(router)({"PATH_INFO": "/readyz"}, lambda status, headers: statuses.append(status))
+    assert statuses == ["503 Service Unavailable"]
+    assert b"x" in b"".join(body)
+    ready = Router.__new__(Router)
+    ready.routes = {"x.test": Route(Service("x", "x.test", ()), RoundRobin((Host("h", 1),)))}
+    Admin(ready)({"PATH_INFO": "/readyz"}, lambda status, headers: statuses.append(status))
+    assert statuses[-1] == "200 OK"

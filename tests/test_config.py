@@ -1,0 +1,209 @@
+"""proxy.yaml validation: every rejection names the place and the reason."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from app.config import REPO_ROOT, ConfigError, load_config, parse_config
+
+ORIGINAL = """
+proxy:
+  listen: {address: 0.0.0.0, port: 8080}
+  services:
+    - name: my-service
+      domain: my-service.my-company.com
+      hosts:
+        - {address: 127.0.0.1, port: 9001}
+        - {address: 127.0.0.1, port: 9002}
+"""
+
+
+def config_with(**changes):
+    """The original file with one part replaced, as YAML text."""
+    document = yaml.safe_load(ORIGINAL)
+    document["proxy"].update(changes)
+    return yaml.safe_dump(document)
+
+
+def service_with(**changes):
+    service = yaml.safe_load(ORIGINAL)["proxy"]["services"][0]
+    service.update(changes)
+    return config_with(services=[service])
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    return str(caught.value)
+
+
+def test_the_original_schema_loads_unchanged_with_defaults():
+    config = parse_config(ORIGINAL)
+    (service,) = config.services
+    assert (config.listen.address, config.listen.port) == ("0.0.0.0", 8080)
+    assert service.domain == "my-service.my-company.com"
+    assert [(h.address, h.port, h.weight) for h in service.hosts] == [
+        ("127.0.0.1", 9001, 1),
+        ("127.0.0.1", 9002, 1),
+    ]
+    assert service.strategy == "round_robin"
+    assert (service.timeout.connect, service.timeout.read) == (2.0, 30.0)
+    assert config.admin.port == 9901
+
+
+def test_the_shipped_proxy_yaml_is_valid():
+    config = load_config(REPO_ROOT / "proxy.yaml")
+    assert {s.domain for s in config.services} == {
+        "my-service.my-company.com",
+        "my-service2.my-company.com",
+        "my-service3.my-company.com",
+    }
+
+
+def test_config_objects_are_immutable():
+    config = parse_config(ORIGINAL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.services[0].hosts[0].port = 1
+    assert isinstance(config.services, tuple) and isinstance(config.services[0].hosts, tuple)
+
+
+def test_defaults_apply_and_services_override_them():
+    document = yaml.safe_load(ORIGINAL)
+    document["proxy"]["defaults"] = {"strategy": "random", "timeout": {"connect": 0.5, "read": 7}}
+    second = dict(document["proxy"]["services"][0], name="b", domain="b.example.com")
+    second.update(strategy="least_connections", timeout={"read": 1.5})
+    document["proxy"]["services"].append(second)
+    first, other = parse_config(yaml.safe_dump(document)).services
+    assert (first.strategy, first.timeout.connect, first.timeout.read) == ("random", 0.5, 7.0)
+    assert (other.strategy, other.timeout.connect, other.timeout.read) == (
+        "least_connections",
+        0.5,
+        1.5,
+    )
+
+
+def test_domains_are_matched_lower_case_without_final_dot():
+    (service,) = parse_config(service_with(domain="API.Example.COM.")).services
+    assert service.domain == "api.example.com"
+
+
+def test_host_addresses_may_be_dns_names():
+    text = service_with(hosts=[{"address": "lbserverdown.default.svc.cluster.local", "port": 80}])
+    assert (
+        parse_config(text).services[0].hosts[0].address == "lbserverdown.default.svc.cluster.local"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "(top level): expected a mapping, got nothing"),
+        ("proxy: [1]", "proxy: expected a mapping, got a list"),
+        ("proxy: {}", "proxy.services: required key is missing"),
+        ("proxy: {services: []}", "proxy.services: must not be empty"),
+        ("proxy: {services: 3}", "proxy.services: expected a list, got 3"),
+        ("proxy: {services: [{}]}", "proxy.services[0].domain: required key is missing"),
+        (
+            config_with(listen={"port": "abc"}),
+            "proxy.listen.port: expected an integer 1-65535, got 'abc'",
+        ),
+        (
+            config_with(listen={"port": 70000}),
+            "proxy.listen.port: expected an integer 1-65535, got 70000",
+        ),
+        (
+            config_with(listen={"port": True}),
+            "proxy.listen.port: expected an integer 1-65535, got a boolean (true)",
+        ),
+        (config_with(lisen={}), "proxy.lisen: unknown key (did you mean 'listen'?)"),
+        (config_with(admin={"port": 8080}), "proxy.admin.port: must differ from proxy.listen.port"),
+        (service_with(hosts=[]), "proxy.services[0].hosts: must not be empty"),
+        (
+            service_with(hosts=[{"address": "127.0.0.1"}]),
+            "proxy.services[0].hosts[0].port: required key is missing",
+        ),
+        (
+            service_with(hosts=[{"address": "127.0.0.1", "port": "abc"}]),
+            "proxy.services[0].hosts[0].port: expected an integer 1-65535, got 'abc'",
+        ),
+        (
+            service_with(hosts=[{"address": "no such host!", "port": 1}]),
+            "proxy.services[0].hosts[0].address: expected an IP address or a DNS name, got 'no such host!'",
+        ),
+        (
+            service_with(hosts=[{"address": "127.0.0.1", "port": 1, "weight": 0}]),
+            "proxy.services[0].hosts[0].weight: expected an integer 1-1000, got 0",
+        ),
+        (
+            service_with(hosts=[{"address": "127.0.0.1", "port": 1, "wieght": 2}]),
+            "proxy.services[0].hosts[0].wieght: unknown key (did you mean 'weight'?)",
+        ),
+        (
+            service_with(hosts=[{"address": "h", "port": 1}, {"address": "h", "port": 1}]),
+            "proxy.services[0].hosts[1]: h:1 is already listed as proxy.services[0].hosts[0]",
+        ),
+        (
+            service_with(strategy="fastest"),
+            "proxy.services[0].strategy: expected one of round_robin, random, least_connections, got 'fastest'",
+        ),
+        (
+            service_with(timeout={"read": -1}),
+            "proxy.services[0].timeout.read: expected a positive number of seconds, got -1",
+        ),
+        (
+            service_with(timeout={"connect": 0}),
+            "proxy.services[0].timeout.connect: expected a positive number of seconds, got 0",
+        ),
+        (
+            service_with(timeout={"connect": "2s"}),
+            "proxy.services[0].timeout.connect: expected a positive number of seconds, got '2s'",
+        ),
+        (service_with(name=""), "proxy.services[0].name: expected a non-empty string, got ''"),
+        (
+            service_with(domain="http://x.com/"),
+            "proxy.services[0].domain: expected a DNS name such as api.example.com, got 'http://x.com/'",
+        ),
+        (
+            config_with(defaults={"strategy": "x"}),
+            "proxy.defaults.strategy: expected one of round_robin, random, least_connections, got 'x'",
+        ),
+        (
+            config_with(defaults={"timeout": {"read": -2}}),
+            "proxy.defaults.timeout.read: expected a positive number of seconds, got -2",
+        ),
+        ("proxy: {services: [a: b: c]}", "line 1, column 24: not valid YAML"),
+    ],
+)
+def test_each_problem_is_named_with_its_place_and_reason(text, message):
+    assert error_of(text).startswith(message)
+
+
+def test_duplicate_domains_and_names_are_refused():
+    document = yaml.safe_load(ORIGINAL)
+    service = document["proxy"]["services"][0]
+    document["proxy"]["services"].append(
+        dict(service, name="other", domain="MY-SERVICE.my-company.com")
+    )
+    assert error_of(yaml.safe_dump(document)) == (
+        "proxy.services[1].domain: 'my-service.my-company.com' is already used by proxy.services[0]"
+    )
+    document["proxy"]["services"][1]["domain"] = "other.example.com"
+    document["proxy"]["services"][1]["name"] = "my-service"
+    assert error_of(yaml.safe_dump(document)) == (
+        "proxy.services[1].name: 'my-service' is already used by proxy.services[0]"
+    )
+
+
+def test_an_unreadable_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"\(file\): cannot read it"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_proxy_config_env_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "other.yaml"
+    path.write_text(service_with(domain="from-env.example.com"))
+    monkeypatch.setenv("PROXY_CONFIG", str(path))
+    assert load_config().services[0].domain == "from-env.example.com"

@@ -1,0 +1,50 @@
+"""The WSGI entry's refusals: a short plain-text answer, never a traceback."""
+
+from __future__ import annotations
+
+import io
+
+from app.config import parse_config
+from app.wsgi import Proxy
+
+CONFIG = parse_config(
+    """
+proxy:
+  admin: {port: 9911}
+  services:
+    - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}
+"""
+)
+
+
+def call(**environ):
+    base = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/",
+        "SERVER_PORT": "8080",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    captured = {}
+    body = Proxy(CONFIG)(base | environ, lambda s, h: captured.update(status=s, headers=h))
+    return captured["status"], dict(captured["headers"]), b"".join(body)
+
+
+def test_unknown_host_is_404():
+    status, headers, body = call(HTTP_HOST="b.test")
+    assert status == "404 Not Found"
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert headers["Content-Length"] == str(len(body))
+
+
+def test_bad_host_and_connect_are_4xx():
+    assert call(HTTP_HOST="a.test:x")[0] == "400 Bad Request"
+    assert call(REQUEST_METHOD="CONNECT", RAW_URI="a.test:443", HTTP_HOST="a.test")[0].startswith(
+        "405"
+    )
+
+
+def test_admin_port_requests_go_to_the_admin():
+    status, _, body = call(SERVER_PORT="9911", PATH_INFO="/healthz")
+    assert (status, body) == ("200 OK", b"ok\n")
