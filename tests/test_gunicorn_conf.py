@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,47 @@ def test_bind_comes_from_listen_and_workers_from_the_environment(tmp_path):
         while len(proxy.children()) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(proxy.children()) == 3
+    finally:
+        proxy.stop()
+        mock.stop()
+
+
+def wait_until(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sighup_applies_a_valid_file_and_refuses_a_bad_one(tmp_path):
+    mock = start_mock("reload")
+    host = {"address": "127.0.0.1", "port": mock.port}
+    config = write_config(tmp_path, [{"name": "one", "domain": "one.test", "hosts": [host]}])
+    proxy = Proxy(config, workers=1)
+    original = config.read_text()
+
+    def status(domain):
+        return requests.get(proxy.url, headers={"Host": domain}, timeout=5).status_code
+
+    try:
+        assert (status("one.test"), status("two.test")) == (200, 404)
+
+        config.write_text(original.replace("services:", "services: [oops\n"))
+        proxy.signal(signal.SIGHUP)
+        assert wait_until(lambda: "reload refused" in proxy.output())
+        assert "not valid YAML" in proxy.output()
+        time.sleep(1)  # the new workers, booted from the kept config, serve
+        assert proxy.process.poll() is None
+        assert (status("one.test"), status("two.test")) == (200, 404)
+
+        config.write_text(original.replace("one.test", "two.test"))
+        old_workers = set(proxy.children())
+        proxy.signal(signal.SIGHUP)
+        # Old workers finish gracefully while new ones start: wait for the switch.
+        assert wait_until(lambda: not old_workers & set(proxy.children()))
+        assert {(status("two.test"), status("one.test")) for _ in range(10)} == {(200, 404)}
     finally:
         proxy.stop()
         mock.stop()
