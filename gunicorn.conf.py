@@ -25,9 +25,22 @@ worker_class = "gevent"
 workers = settings.workers()
 # Below the concurrency a worker must hold, gunicorn starves connections silently.
 worker_connections = settings.worker_connections()
-# Client keep-alive: a load balancer sits behind clients that reuse connections.
-keepalive = 15
+# gunicorn's gevent worker bounds both the idle time between requests and the
+# time to read a request's headers with this: a slow client holds its own
+# connection for at most this long, never a worker.
+keepalive = _config.limits.client_timeout
+# Header limits: gunicorn answers 431 (count, size) or 414 (request line) beyond them.
+limit_request_fields = _config.limits.max_header_count
+limit_request_field_size = _config.limits.max_header_size
+limit_request_line = _config.limits.max_request_line
 # SIGTERM: stop accepting, let in-flight requests finish for this long.
 graceful_timeout = 30
 proc_name = "lbproxy"
 control_socket_disable = True  # one proxy per host path would collide; not used
+
+
+def post_worker_init(worker):
+    """Start the active health checks in each worker, on its gevent hub."""
+    import gevent
+
+    worker.wsgi.start_health_checks(gevent.spawn)

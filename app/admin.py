@@ -8,7 +8,11 @@ cannot reach them.
 
   GET /healthz  liveness: 200 while the worker serves
   GET /readyz   readiness: 200 when every service has a host in rotation, else 503
-  GET /status   JSON: services, their hosts, and this worker's in-flight counts
+  GET /status   JSON: services, their hosts, whether each is in rotation, and
+                this worker's in-flight counts
+
+All of it is what the worker that answers knows: each worker keeps its own
+host health (see app/health.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 
-from app.routing import Router
+from app.config import Host
+from app.routing import Route, Router
 
 
 class Admin:
@@ -35,7 +40,9 @@ class Admin:
 
     def readyz(self, start_response):
         empty = [
-            route.service.name for route in self.router.routes.values() if not route.balancer.hosts
+            route.service.name
+            for route in self.router.routes.values()
+            if not route.health.in_rotation()
         ]
         if empty:
             return _answer(
@@ -51,19 +58,25 @@ class Admin:
                 "name": route.service.name,
                 "domain": route.service.domain,
                 "strategy": route.service.strategy,
-                "hosts": [
-                    {
-                        "host": host.name,
-                        "weight": host.weight,
-                        "in_flight": route.balancer.in_flight[host],
-                    }
-                    for host in route.balancer.hosts
-                ],
+                "in_flight": route.balancer.total_in_flight,
+                "hosts": [host_status(route, host) for host in route.balancer.hosts],
             }
             for route in self.router.routes.values()
         ]
         body = json.dumps({"worker_pid": os.getpid(), "services": services}, indent=1).encode()
         return _answer(start_response, "200 OK", body + b"\n", "application/json")
+
+
+def host_status(route: Route, host: Host) -> dict:
+    state = route.health.states[host]
+    return {
+        "host": host.name,
+        "weight": host.weight,
+        "in_rotation": host not in route.health.out_of_rotation(),
+        "ejected_for": round(max(0.0, state.ejected_until - route.health.clock()), 1),
+        "health_check": "down" if state.active_down else "up",
+        "in_flight": route.balancer.in_flight[host],
+    }
 
 
 def _answer(

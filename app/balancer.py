@@ -4,8 +4,8 @@ Each gunicorn worker balances on its own (no shared state between
 processes), like nginx workers do. Every strategy keeps the number of requests
 in flight per host: least_connections balances on it, and metrics read it.
 
-``pick(exclude)`` skips hosts already tried for this request, so a retry goes to
-a different host.
+``pick(exclude, limit)`` skips the hosts in ``exclude`` (already tried for this
+request, or out of rotation) and those with ``limit`` requests in flight.
 """
 
 from __future__ import annotations
@@ -20,17 +20,25 @@ class Balancer:
     def __init__(self, hosts: tuple[Host, ...]):
         self.hosts = hosts
         self.in_flight = dict.fromkeys(hosts, 0)
+        self.total_in_flight = 0
 
-    def pick(self, exclude: Collection[Host] = ()) -> Host | None:
-        candidates = [host for host in self.hosts if host not in exclude]
+    def pick(self, exclude: Collection[Host] = (), limit: int | None = None) -> Host | None:
+        in_flight = self.in_flight
+        candidates = [
+            host
+            for host in self.hosts
+            if host not in exclude and (limit is None or in_flight[host] < limit)
+        ]
         if not candidates:
             return None
         host = self.choose(candidates)
-        self.in_flight[host] += 1
+        in_flight[host] += 1
+        self.total_in_flight += 1
         return host
 
     def release(self, host: Host) -> None:
         self.in_flight[host] -= 1
+        self.total_in_flight -= 1
 
     def choose(self, candidates: list[Host]) -> Host:
         raise NotImplementedError

@@ -1,20 +1,24 @@
 """The proxy.yaml schema: read once, validated, frozen.
 
-Every key the proxy understands is declared here and nowhere else. Loading
-produces immutable dataclasses; any problem raises ConfigError naming the exact
+Every key the proxy understands is declared here and nowhere else: each block
+is a frozen dataclass whose fields carry their default and their check. Loading
+produces immutable objects; any problem raises ConfigError naming the exact
 place in the file (``proxy.services[1].hosts[0].port``) and the reason, so a
 user can fix the file without reading this code.
 
 The original project's schema (listen, services with name/domain/hosts) is
-accepted unchanged; everything else is optional with the defaults below.
+accepted unchanged; everything else is optional. Service settings left out
+come from ``proxy.defaults``, key by key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "proxy.yaml"
 
 STRATEGIES = ("round_robin", "random", "least_connections")
-
-DEFAULT_STRATEGY = "round_robin"
-DEFAULT_CONNECT_TIMEOUT = 2.0
-DEFAULT_READ_TIMEOUT = 30.0
-# Below gunicorn's default keep-alive (2 s), so a pooled connection is dropped
-# by us before the upstream closes it under our feet.
-DEFAULT_IDLE_TIMEOUT = 1.5
-DEFAULT_LISTEN_ADDRESS = "0.0.0.0"
-DEFAULT_LISTEN_PORT = 8080
-DEFAULT_ADMIN_PORT = 9901
 
 _HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
@@ -48,30 +42,195 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
+Check = Callable[[Any, str], Any]
+
+
+def setting(default: Any, check: Check) -> Any:
+    """A config field: its default and the check its value must pass."""
+    return field(default=default, metadata={"check": check})
+
+
+# --- field checks ----------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return repr(value)
+
+
+def integer(low: int, high: int) -> Check:
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(where, f"expected an integer {low}-{high}, got {_describe(value)}")
+        return value
+
+    return check
+
+
+def number(low: float, high: float) -> Check:
+    def check(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, f"expected a number {low}-{high}, got {_describe(value)}")
+        if not low <= value <= high:
+            raise ConfigError(where, f"expected a number {low}-{high}, got {_describe(value)}")
+        return float(value)
+
+    return check
+
+
+def seconds(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(where, f"expected a positive number of seconds, got {_describe(value)}")
+    return float(value)
+
+
+def boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def optional(check: Check) -> Check:
+    """``null`` (or leaving the key out, where the default is None) turns the setting off."""
+
+    def check_optional(value: Any, where: str) -> Any:
+        return None if value is None else check(value, where)
+
+    return check_optional
+
+
+def strategy(value: Any, where: str) -> str:
+    if value not in STRATEGIES:
+        raise ConfigError(where, f"expected one of {', '.join(STRATEGIES)}, got {_describe(value)}")
+    return value
+
+
+def url_path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in " \r\n"):
+        raise ConfigError(where, f"expected a path starting with /, got {_describe(value)}")
+    return value
+
+
+def status_list(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(where, f"expected a list of 5xx status codes, got {_describe(value)}")
+    return tuple(integer(500, 599)(code, f"{where}[{i}]") for i, code in enumerate(value))
+
+
+def name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(where, f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def domain(value: Any, where: str) -> str:
+    """A domain is matched against Host headers: lower-case, no port, no dot at the end."""
+    if not isinstance(value, str) or not is_hostname(value.lower().rstrip(".")):
+        raise ConfigError(
+            where, f"expected a DNS name such as api.example.com, got {_describe(value)}"
+        )
+    return value.lower().rstrip(".")
+
+
+def address(value: Any, where: str) -> str:
+    """An IPv4/IPv6 literal or a DNS name (a Kubernetes Service, say)."""
+    if isinstance(value, str) and (is_ip(value) or is_hostname(value.lower())):
+        return value
+    raise ConfigError(where, f"expected an IP address or a DNS name, got {_describe(value)}")
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_hostname(value: str) -> bool:
+    labels = value.split(".")
+    return len(value) <= 253 and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+
+
+port = integer(1, 65535)
+
+
+# --- the schema ------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Listen:
-    address: str = DEFAULT_LISTEN_ADDRESS
-    port: int = DEFAULT_LISTEN_PORT
+    address: str = setting("0.0.0.0", address)
+    port: int = setting(8080, port)
 
 
 @dataclass(frozen=True)
 class Admin:
-    address: str = DEFAULT_LISTEN_ADDRESS
-    port: int = DEFAULT_ADMIN_PORT
+    address: str = setting("0.0.0.0", address)
+    port: int = setting(9901, port)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Proxy-wide limits on what clients send (the header ones are gunicorn's)."""
+
+    max_body_size: int = setting(100 * 1024 * 1024, integer(0, 2**62))
+    max_header_count: int = setting(100, integer(1, 32768))
+    max_header_size: int = setting(8190, integer(64, 65536))
+    max_request_line: int = setting(8190, integer(64, 65536))
+    # gunicorn's keepalive: how long a client may take to send its request
+    # headers, and may sit idle between requests. A slow client holds nothing
+    # but its own connection for this long.
+    client_timeout: int = setting(10, integer(1, 3600))  # whole seconds: gunicorn takes an int
 
 
 @dataclass(frozen=True)
 class Timeout:
-    connect: float = DEFAULT_CONNECT_TIMEOUT
-    read: float = DEFAULT_READ_TIMEOUT
-    idle: float = DEFAULT_IDLE_TIMEOUT
+    connect: float = setting(2.0, seconds)
+    read: float = setting(30.0, seconds)
+    # Until the response headers, retries included; None: no limit beyond read.
+    total: float | None = setting(None, optional(seconds))
+    # Below gunicorn's default keep-alive (2 s): a pooled connection is dropped
+    # by us before the upstream closes it under our feet.
+    idle: float = setting(1.5, seconds)
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = setting(2, integer(0, 10))
+    on_status: tuple[int, ...] = setting((), status_list)
+    budget: float = setting(0.2, number(0, 1))
+    min_per_second: float = setting(3.0, number(0, 10000))
+
+
+@dataclass(frozen=True)
+class Outlier:
+    consecutive_failures: int = setting(3, integer(1, 1000))
+    base_ejection: float = setting(5.0, seconds)
+    max_ejection: float = setting(60.0, seconds)
+    max_ejected_percent: int = setting(50, integer(0, 100))
+    count_5xx: bool = setting(False, boolean)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str = setting("/", url_path)
+    interval: float = setting(5.0, seconds)
+    timeout: float = setting(1.0, seconds)
+    healthy_threshold: int = setting(2, integer(1, 100))
+    unhealthy_threshold: int = setting(3, integer(1, 100))
 
 
 @dataclass(frozen=True)
 class Host:
-    address: str
-    port: int
-    weight: int = 1
+    address: str = setting(None, address)
+    port: int = setting(None, port)
+    weight: int = setting(1, integer(1, 1000))
 
     @property
     def name(self) -> str:
@@ -79,26 +238,50 @@ class Host:
 
 
 @dataclass(frozen=True)
-class Service:
-    name: str
-    domain: str
-    hosts: tuple[Host, ...]
-    strategy: str = DEFAULT_STRATEGY
-    timeout: Timeout = field(default_factory=Timeout)
+class Policy:
+    """What a service may set, and proxy.defaults sets for all of them."""
+
+    strategy: str = setting("round_robin", strategy)
+    timeout: Timeout = setting(Timeout(), Timeout)
+    retry: Retry = setting(Retry(), Retry)
+    outlier: Outlier = setting(Outlier(), Outlier)
+    health_check: HealthCheck | None = setting(None, HealthCheck)
+    # Circuit breaker, for the whole proxy (each worker takes its share).
+    max_in_flight: int | None = setting(None, optional(integer(1, 10**6)))
+    max_in_flight_per_host: int | None = setting(None, optional(integer(1, 10**6)))
 
 
-@dataclass(frozen=True)
-class Defaults:
-    strategy: str = DEFAULT_STRATEGY
-    timeout: Timeout = field(default_factory=Timeout)
+def hosts(value: Any, where: str) -> tuple[Host, ...]:
+    items = _list(value, where)
+    checked = tuple(
+        block(Host, item, f"{where}[{i}]", required={"address", "port"})
+        for i, item in enumerate(items)
+    )
+    seen: dict[str, int] = {}
+    for index, host in enumerate(checked):
+        if host.name in seen:
+            raise ConfigError(
+                f"{where}[{index}]",
+                f"{host.name} is already listed as {where}[{seen[host.name]}] (use weight instead)",
+            )
+        seen[host.name] = index
+    return checked
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service(Policy):
+    name: str = setting(None, name)
+    domain: str = setting(None, domain)
+    hosts: tuple[Host, ...] = setting((), hosts)
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
     services: tuple[Service, ...]
-    listen: Listen = field(default_factory=Listen)
-    admin: Admin = field(default_factory=Admin)
-    defaults: Defaults = field(default_factory=Defaults)
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    limits: Limits = Limits()
+    defaults: Policy = Policy()
     source: str = "<memory>"
 
     @property
@@ -135,37 +318,47 @@ def parse_config(text: str, source: str = "<memory>") -> ProxyConfig:
     return _proxy(root["proxy"], "proxy", source)
 
 
-# --- schema ----------------------------------------------------------------
-
-
 def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
-    data = _mapping(value, where, required={"services"}, optional={"listen", "admin", "defaults"})
-    defaults = _defaults(data.get("defaults", {}), f"{where}.defaults")
-    listen = _listener(data.get("listen", {}), f"{where}.listen", Listen)
-    admin = _listener(data.get("admin", {}), f"{where}.admin", Admin)
+    data = _mapping(
+        value,
+        where,
+        required={"services"},
+        optional={"listen", "admin", "limits", "defaults"},
+    )
+    listen = block(Listen, data.get("listen"), f"{where}.listen")
+    admin = block(Admin, data.get("admin"), f"{where}.admin")
     if admin.port == listen.port:
         raise ConfigError(f"{where}.admin.port", f"must differ from {where}.listen.port")
+    defaults = block(Policy, data.get("defaults"), f"{where}.defaults")
     services = _services(data["services"], f"{where}.services", defaults)
-    return ProxyConfig(services, listen, admin, defaults, source)
+    limits = block(Limits, data.get("limits"), f"{where}.limits")
+    return ProxyConfig(services, listen, admin, limits, defaults, source)
 
 
-def _listener(value: Any, where: str, kind: type[Listen] | type[Admin]):
-    data = _mapping(value, where, optional={"address", "port"})
-    return kind(
-        address=_address(data.get("address", kind.address), f"{where}.address"),
-        port=_port(data.get("port", kind.port), f"{where}.port"),
-    )
+def block(kind: type, value: Any, where: str, inherited: Any = None, required=frozenset()):
+    """Read one mapping into the dataclass ``kind``, checking each field.
+
+    A key left out takes its value from ``inherited`` (proxy.defaults for a
+    service), else the field's default. Nested blocks inherit key by key.
+    """
+    fields = {f.name: f for f in dataclasses.fields(kind) if "check" in f.metadata}
+    data = _mapping(value, where, required=required, optional=set(fields) - set(required))
+    values = {}
+    for key, spec in fields.items():
+        check = spec.metadata["check"]
+        base = getattr(inherited, key, spec.default)
+        if key not in data:
+            values[key] = base
+        elif not dataclasses.is_dataclass(check):
+            values[key] = check(data[key], f"{where}.{key}")
+        elif data[key] is None and spec.default is None:
+            values[key] = None  # an optional block, turned off here
+        else:
+            values[key] = block(check, data[key], f"{where}.{key}", base)
+    return kind(**values)
 
 
-def _defaults(value: Any, where: str) -> Defaults:
-    data = _mapping(value, where, optional={"strategy", "timeout"})
-    return Defaults(
-        strategy=_strategy(data.get("strategy", DEFAULT_STRATEGY), f"{where}.strategy"),
-        timeout=_timeout(data.get("timeout", {}), f"{where}.timeout", Timeout()),
-    )
-
-
-def _services(value: Any, where: str, defaults: Defaults) -> tuple[Service, ...]:
+def _services(value: Any, where: str, defaults: Policy) -> tuple[Service, ...]:
     items = _list(value, where)
     services = tuple(_service(item, f"{where}[{i}]", defaults) for i, item in enumerate(items))
     _unique(services, "domain", where)
@@ -173,60 +366,16 @@ def _services(value: Any, where: str, defaults: Defaults) -> tuple[Service, ...]
     return services
 
 
-def _service(value: Any, where: str, defaults: Defaults) -> Service:
-    data = _mapping(
-        value, where, required={"name", "domain", "hosts"}, optional={"strategy", "timeout"}
-    )
-    hosts = _hosts(data["hosts"], f"{where}.hosts")
-    return Service(
-        name=_name(data["name"], f"{where}.name"),
-        domain=_domain(data["domain"], f"{where}.domain"),
-        hosts=hosts,
-        strategy=_strategy(data.get("strategy", defaults.strategy), f"{where}.strategy"),
-        timeout=_timeout(data.get("timeout", {}), f"{where}.timeout", defaults.timeout),
-    )
-
-
-def _hosts(value: Any, where: str) -> tuple[Host, ...]:
-    hosts = tuple(_host(item, f"{where}[{i}]") for i, item in enumerate(_list(value, where)))
-    seen: dict[str, int] = {}
-    for index, host in enumerate(hosts):
-        if host.name in seen:
-            raise ConfigError(
-                f"{where}[{index}]",
-                f"{host.name} is already listed as {where}[{seen[host.name]}] (use weight instead)",
-            )
-        seen[host.name] = index
-    return hosts
-
-
-def _host(value: Any, where: str) -> Host:
-    data = _mapping(value, where, required={"address", "port"}, optional={"weight"})
-    return Host(
-        address=_address(data["address"], f"{where}.address"),
-        port=_port(data["port"], f"{where}.port"),
-        weight=_integer(data.get("weight", 1), f"{where}.weight", 1, 1000),
-    )
-
-
-def _timeout(value: Any, where: str, inherited: Timeout) -> Timeout:
-    data = _mapping(value, where, optional={"connect", "read", "idle"})
-    return Timeout(
-        connect=_seconds(data.get("connect", inherited.connect), f"{where}.connect"),
-        read=_seconds(data.get("read", inherited.read), f"{where}.read"),
-        idle=_seconds(data.get("idle", inherited.idle), f"{where}.idle"),
-    )
-
-
-# --- field checks ----------------------------------------------------------
+def _service(value: Any, where: str, defaults: Policy) -> Service:
+    return block(Service, value, where, defaults, required={"name", "domain", "hosts"})
 
 
 def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset()) -> dict:
+    allowed = set(required) | set(optional)
     if value is None and not required:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(where, f"expected a mapping, got {_describe(value)}")
-    allowed = set(required) | set(optional)
     for key in value:
         if key not in allowed:
             hint = difflib.get_close_matches(str(key), allowed, n=1)
@@ -257,70 +406,3 @@ def _unique(services: tuple[Service, ...], attribute: str, where: str) -> None:
                 f"'{value}' is already used by {where}[{seen[value]}]",
             )
         seen[value] = index
-
-
-def _integer(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(where, f"expected an integer {low}-{high}, got {_describe(value)}")
-    return value
-
-
-def _port(value: Any, where: str) -> int:
-    return _integer(value, where, 1, 65535)
-
-
-def _seconds(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(where, f"expected a positive number of seconds, got {_describe(value)}")
-    return float(value)
-
-
-def _strategy(value: Any, where: str) -> str:
-    if value not in STRATEGIES:
-        raise ConfigError(where, f"expected one of {', '.join(STRATEGIES)}, got {_describe(value)}")
-    return value
-
-
-def _name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(where, f"expected a non-empty string, got {_describe(value)}")
-    return value
-
-
-def _domain(value: Any, where: str) -> str:
-    """A domain is matched against Host headers: lower-case, no port, no dot at the end."""
-    if not isinstance(value, str) or not is_hostname(value.lower().rstrip(".")):
-        raise ConfigError(
-            where, f"expected a DNS name such as api.example.com, got {_describe(value)}"
-        )
-    return value.lower().rstrip(".")
-
-
-def _address(value: Any, where: str) -> str:
-    """An upstream address: an IPv4/IPv6 literal or a DNS name (a Kubernetes Service, say)."""
-    if isinstance(value, str) and (is_ip(value) or is_hostname(value.lower())):
-        return value
-    raise ConfigError(where, f"expected an IP address or a DNS name, got {_describe(value)}")
-
-
-def is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def is_hostname(value: str) -> bool:
-    labels = value.split(".")
-    return len(value) <= 253 and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    return repr(value)

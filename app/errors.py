@@ -19,6 +19,10 @@ class ProxyError(Exception):
     def body(self) -> bytes:
         return f"{self.status}: {self.message}\n".encode()
 
+    def headers(self) -> list[tuple[str, str]]:
+        """Headers the refusal carries beyond Content-Type and Content-Length."""
+        return []
+
 
 class BadRequest(ProxyError):
     status = "400 Bad Request"
@@ -47,6 +51,29 @@ class ClientAbort(ProxyError):
     status = "400 Bad Request"
     kind = "client_abort"
     message = "the request body ended early or was malformed"
+
+
+class BodyTooLarge(ProxyError):
+    status = "413 Content Too Large"
+    kind = "body_too_large"
+    message = "the request body is larger than this proxy accepts"
+
+
+class NoHealthyHost(ProxyError):
+    status = "503 Service Unavailable"
+    kind = "no_healthy_host"
+    message = "no host of this service is in rotation"
+
+
+class Overloaded(ProxyError):
+    """The service's circuit breaker is open: too many requests in flight."""
+
+    status = "503 Service Unavailable"
+    kind = "overloaded"
+    message = "too many requests in flight for this service; retry shortly"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", "1")]
 
 
 class UpstreamConnectError(ProxyError):

@@ -11,6 +11,8 @@ given (``requests`` re-quotes ``%7e`` to ``~``; ``urlopen`` upper-cases
 from __future__ import annotations
 
 import http.client
+import select
+import socket
 import time
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
@@ -24,6 +26,7 @@ from app.config import Host, Timeout
 from app.errors import (
     BadRequest,
     ClientAbort,
+    ProxyError,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -33,6 +36,9 @@ from app.response import UpstreamResponse
 
 # http.client/urllib3 add these unless told not to; a proxy adds nothing.
 _NO_DEFAULT_HEADERS = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
+
+# While waiting for an upstream, look this often whether the client is still there.
+CLIENT_CHECK_INTERVAL = 1.0
 
 # Failures of a kept-alive connection the upstream closed while it sat idle.
 _STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
@@ -134,6 +140,7 @@ class Forwarder:
                 preload_content=False,
                 decode_content=False,
             )
+            _wait_for_response(conn.sock, request.client_socket, timeout.read)
             raw = conn.getresponse()
         except BaseException as error:
             conn.close()
@@ -157,9 +164,39 @@ def _release(pool, conn, reusable: bool) -> None:
     pool._put_conn(conn)
 
 
+def _wait_for_response(upstream, client, read_timeout: float) -> None:
+    """Wait for the upstream's first byte; give up if the client leaves meanwhile.
+
+    A client that disconnects must not hold an upstream connection (and a
+    slot of the upstream) until the read timeout: every CLIENT_CHECK_INTERVAL
+    the client socket is checked for end-of-file.
+    """
+    if client is None or upstream is None:
+        return
+    deadline = time.monotonic() + read_timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no response within the read timeout")
+        readable, _, _ = select.select([upstream], [], [], min(remaining, CLIENT_CHECK_INTERVAL))
+        if readable:
+            return
+        if _client_gone(client):
+            raise ClientAbort("the client closed its connection while waiting")
+
+
+def _client_gone(client) -> bool:
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        # Readable with no data is end-of-file; data is a pipelined request.
+        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 def _translate(error: BaseException) -> BaseException:
     """Map a failure during the exchange to what the client is told."""
-    if isinstance(error, (ClientAbort, _STALE_CONNECTION)):
+    if isinstance(error, (ProxyError, *_STALE_CONNECTION)):
         return error
     if isinstance(error, TimeoutError):
         return UpstreamTimeout(str(error))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from app.errors import BadRequest, ClientAbort, MethodNotAllowed
+from app.errors import BadRequest, BodyTooLarge, ClientAbort, MethodNotAllowed
 from app.headers import add_forwarded, request_headers
 
 BODY_CHUNK = 64 * 1024
@@ -24,9 +24,15 @@ class ProxyRequest:
     domain: str  # routing key: lower-case host name, no port
     headers: dict[str, str]
     body: RequestBody | None
+    client_socket: object = None  # watched for a client that leaves while we wait
+
+    @property
+    def replayable(self) -> bool:
+        """True until a body byte has been taken from the client."""
+        return self.body is None or not self.body.started
 
 
-def parse_request(environ: dict) -> ProxyRequest:
+def parse_request(environ: dict, max_body_size: int | None = None) -> ProxyRequest:
     method = environ["REQUEST_METHOD"]
     if method == "CONNECT":
         raise MethodNotAllowed()
@@ -44,7 +50,8 @@ def parse_request(environ: dict) -> ProxyRequest:
         proto=environ.get("wsgi.url_scheme", "http"),
         host=host_header,
     )
-    return ProxyRequest(method, target, domain, headers, request_body(environ))
+    body = request_body(environ, max_body_size)
+    return ProxyRequest(method, target, domain, headers, body, environ.get("gunicorn.socket"))
 
 
 def raw_target(environ: dict) -> str:
@@ -94,12 +101,14 @@ def _is_port_suffix(text: str) -> bool:
     return text.startswith(":") and text[1:].isdigit()
 
 
-def request_body(environ: dict) -> RequestBody | None:
+def request_body(environ: dict, limit: int | None = None) -> RequestBody | None:
     length = environ.get("CONTENT_LENGTH")
     if length:
+        if limit is not None and int(length) > limit:
+            raise BodyTooLarge(f"Content-Length {length} > {limit}")
         return RequestBody(environ["wsgi.input"], int(length))
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return RequestBody(environ["wsgi.input"], None)
+        return RequestBody(environ["wsgi.input"], None, limit)
     return None
 
 
@@ -107,13 +116,15 @@ class RequestBody:
     """The client's body, read chunk by chunk as it is sent upstream.
 
     ``length`` is None for a chunked body (gunicorn has already de-chunked it;
-    it is re-chunked upstream). ``started`` tells whether any byte was taken
-    from the client: after that the request can no longer be replayed.
+    it is re-chunked upstream); ``limit`` caps such a body as it streams.
+    ``started`` tells whether any byte was taken from the client: after that
+    the request can no longer be replayed.
     """
 
-    def __init__(self, stream, length: int | None):
+    def __init__(self, stream, length: int | None, limit: int | None = None):
         self.stream = stream
         self.length = length
+        self.limit = limit
         self.started = False
 
     @property
@@ -123,6 +134,7 @@ class RequestBody:
     def __iter__(self):
         self.started = True
         remaining = self.length
+        total = 0
         while remaining is None or remaining > 0:
             size = BODY_CHUNK if remaining is None else min(BODY_CHUNK, remaining)
             try:
@@ -135,4 +147,7 @@ class RequestBody:
                 return
             if remaining is not None:
                 remaining -= len(chunk)
+            total += len(chunk)
+            if self.limit is not None and total > self.limit:
+                raise BodyTooLarge(f"chunked body over {self.limit} bytes")
             yield chunk

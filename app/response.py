@@ -46,6 +46,11 @@ class UpstreamResponse:
             yield chunk
         self._complete = True
 
+    def discard(self) -> None:
+        """Drop this response unread (a retry follows): its connection is closed."""
+        self._closed = True
+        self._release(False)
+
     def close(self) -> None:
         """Called by the WSGI server once the response is done, or abandoned."""
         if self._closed:

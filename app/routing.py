@@ -3,28 +3,63 @@
 A plain dict lookup on the lower-cased host name, so routing costs the same
 with 3 domains or 10,000. Only configured domains are ever forwarded to:
 lbproxy is never an open proxy.
+
+A Route is everything one worker keeps for one service: its balancer, the
+health of its hosts, its retry budget and its circuit-breaker limits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
-from app.balancer import Balancer, make_balancer
-from app.config import ProxyConfig, Service
-from app.errors import UnknownDomain
+from app.balancer import make_balancer
+from app.config import Host, ProxyConfig, Service
+from app.errors import NoHealthyHost, Overloaded, UnknownDomain
+from app.health import Health
+from app.retry import RetryBudget
 
 
-@dataclass(frozen=True)
+def worker_share(limit: int | None, workers: int) -> int | None:
+    """A proxy-wide limit split over the workers (each enforces its own part)."""
+    return None if limit is None else max(1, math.ceil(limit / workers))
+
+
 class Route:
-    service: Service
-    balancer: Balancer
+    def __init__(self, service: Service, workers: int = 1):
+        self.service = service
+        self.balancer = make_balancer(service)
+        self.health = Health(service)
+        self.budget = RetryBudget(service.retry)
+        self.max_in_flight = worker_share(service.max_in_flight, workers)
+        self.max_in_flight_per_host = worker_share(service.max_in_flight_per_host, workers)
+
+    def admit(self) -> None:
+        """The circuit breaker: refuse before anything is sent when the service is full."""
+        if self.max_in_flight is not None and self.balancer.total_in_flight >= self.max_in_flight:
+            raise Overloaded(self.service.name)
+        self.budget.record_request()
+
+    def pick(self, tried: list[Host]) -> Host | None:
+        """The next host to try, or None when every host in rotation was tried.
+
+        Raises NoHealthyHost when no host is in rotation, and Overloaded when
+        the ones that are all hold their limit of requests.
+        """
+        out = self.health.out_of_rotation()
+        host = self.balancer.pick(out.union(tried) if out else tried, self.max_in_flight_per_host)
+        if host is None and not tried:
+            if len(out) == len(self.balancer.hosts):
+                raise NoHealthyHost(self.service.name)
+            raise Overloaded(self.service.name)
+        return host
+
+    def release(self, host: Host) -> None:
+        self.balancer.release(host)
 
 
 class Router:
-    def __init__(self, config: ProxyConfig):
-        self.routes = {
-            service.domain: Route(service, make_balancer(service)) for service in config.services
-        }
+    def __init__(self, config: ProxyConfig, workers: int = 1):
+        self.routes = {service.domain: Route(service, workers) for service in config.services}
 
     def route(self, domain: str) -> Route:
         try:

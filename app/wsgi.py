@@ -3,42 +3,67 @@
 One request, top to bottom:
 
 1. parse   (request.py)  environ -> target, domain, headers, body stream
-2. route   (routing.py)  domain -> service and its balancer
-3. pick    (balancer.py) service -> one host, skipping hosts already tried
+2. route   (routing.py)  domain -> service: balancer, host health, retry budget
+3. pick    (balancer.py) service -> one host in rotation, skipping hosts tried
 4. forward (forward.py)  pooled keep-alive connection -> response headers
 5. stream  (response.py) upstream body -> client, connection back to the pool
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 
 from app import settings
 from app.admin import Admin
-from app.config import ProxyConfig, load_config
-from app.errors import ProxyError, UpstreamConnectError
+from app.config import ProxyConfig, Timeout, load_config
+from app.errors import (
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from app.forward import Forwarder, make_session
+from app.health import HealthChecker
 from app.master import active_config
 from app.request import ProxyRequest, parse_request
 from app.response import UpstreamResponse
+from app.retry import IDEMPOTENT
 from app.routing import Route, Router
 
-log = logging.getLogger("lbproxy")
+log = logging.getLogger("gunicorn.error")
 
 
 class Proxy:
-    def __init__(self, config: ProxyConfig, concurrency: int = settings.DEFAULT_WORKER_CONNECTIONS):
+    def __init__(
+        self,
+        config: ProxyConfig,
+        concurrency: int = settings.DEFAULT_WORKER_CONNECTIONS,
+        workers: int = 1,
+    ):
         self.config = config
-        self.router = Router(config)
+        self.router = Router(config, workers)
         self.admin = Admin(self.router)
         self.admin_port = str(config.admin.port)
+        self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(make_session(len(config.hosts), concurrency))
+        self.checkers: list[HealthChecker] = []
+
+    def start_health_checks(self, spawn) -> None:
+        """Probe the hosts of every service that has a health_check (gevent workers)."""
+        probe_session = make_session(len(self.config.hosts), 1)
+        for route in self.router.routes.values():
+            if route.service.health_check is not None:
+                checker = HealthChecker(route.health, probe_session, spawn)
+                checker.start()
+                self.checkers.append(checker)
 
     def __call__(self, environ, start_response):
         if environ.get("SERVER_PORT") == self.admin_port:
             return self.admin(environ, start_response)
         try:
-            request = parse_request(environ)
+            request = parse_request(environ, self.max_body_size)
             route = self.router.route(request.domain)
             response = self.forward(route, request)
         except ProxyError as error:
@@ -47,41 +72,95 @@ class Proxy:
         return response
 
     def forward(self, route: Route, request: ProxyRequest) -> UpstreamResponse:
-        """Try the service's hosts in balancer order until one takes the request.
+        """Send the request to a host of the route, retrying on another host where safe.
 
-        Only a failure to connect moves on to the next host: nothing was sent,
-        so even a POST is safe to redirect. Any later failure is final.
+        - a refused connection: nothing was sent, so any method moves on;
+        - a reset before any response byte, or a status in ``retry.on_status``:
+          only idempotent requests whose body was not taken from the client yet;
+        - a timeout is final: the upstream may still be working on it.
+        Retries stop at ``retry.attempts`` or when the service's budget is spent.
         """
+        route.admit()
+        service = route.service
+        deadline = time.monotonic() + service.timeout.total if service.timeout.total else None
         tried = []
-        while (host := route.balancer.pick(exclude=tried)) is not None:
+        last_error: ProxyError | None = None
+        # pick() raises when no host can be tried at all, so a None here comes
+        # after at least one attempt, with its error kept.
+        while (host := route.pick(tried)) is not None:
             tried.append(host)
+            timeout = _remaining(service.timeout, deadline)
             try:
-                response = self.forwarder.send(host, request, route.service.timeout)
-            except UpstreamConnectError as error:
-                log.warning("%s: %s", route.service.name, error)
-                route.balancer.release(host)
+                response = self.forwarder.send(host, request, timeout)
+            except (UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout) as error:
+                route.release(host)
+                route.health.record_failure(host)
+                last_error = error
+                if not self._may_retry(route, request, error, len(tried)):
+                    raise
+                log.info("lbproxy: %s: retrying after %s: %s", service.name, error.kind, error)
                 continue
             except BaseException:
-                route.balancer.release(host)
+                route.release(host)
                 raise
-            response.on_close.append(lambda: route.balancer.release(host))
+            if response.status >= 500 and service.outlier.count_5xx:
+                route.health.record_failure(host)
+            else:
+                route.health.record_success(host)
+            if response.status in service.retry.on_status and self._may_retry(
+                route, request, None, len(tried)
+            ):
+                response.discard()
+                route.release(host)
+                last_error = UpstreamProtocolError(f"{host.name} answered {response.status}")
+                continue
+            response.on_close.append(lambda: route.release(host))
             return response
-        raise UpstreamConnectError(f"{route.service.name}: tried {len(tried)} host(s)")
+        raise last_error
+
+    @staticmethod
+    def _may_retry(route: Route, request: ProxyRequest, error, attempts: int) -> bool:
+        if attempts > route.service.retry.attempts or attempts >= len(route.balancer.hosts):
+            return False
+        if isinstance(error, UpstreamTimeout):
+            return False
+        safe = isinstance(error, UpstreamConnectError) or (
+            request.method in IDEMPOTENT and request.replayable
+        )
+        return safe and route.budget.try_spend()
 
     @staticmethod
     def refuse(error: ProxyError, start_response):
         body = error.body()
         start_response(
             error.status,
-            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                *error.headers(),
+            ],
         )
         return [body]
+
+
+def _remaining(timeout: Timeout, deadline: float | None) -> Timeout:
+    """The attempt's timeouts, cut to what is left of ``timeout.total``."""
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise UpstreamTimeout("timeout.total reached")
+    if left >= timeout.read and left >= timeout.connect:
+        return timeout
+    return dataclasses.replace(
+        timeout, connect=min(timeout.connect, left), read=min(timeout.read, left)
+    )
 
 
 def create_app() -> Proxy:
     """In a gunicorn worker, the config its master validated; elsewhere, the file."""
     config = active_config() or load_config()
-    return Proxy(config, settings.worker_connections())
+    return Proxy(config, settings.worker_connections(), settings.workers())
 
 
 application = create_app()

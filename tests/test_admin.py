@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import requests
 
 from app.admin import Admin
-from app.balancer import RoundRobin
-from app.config import Host, Service
-from app.routing import Route, Router
+from app.config import parse_config
+from app.routing import Router
 from tests.conftest import BALANCED
 
 
@@ -36,14 +37,29 @@ def test_admin_paths_are_not_served_on_the_proxy_port(proxy):
     assert unknown.status_code == 404
 
 
-def test_readiness_fails_when_a_service_has_no_host():
-    router = Router.__new__(Router)
-    router.routes = {"x.test": Route(Service("x", "x.test", ()), RoundRobin(()))}
+def test_readiness_fails_when_a_service_has_no_host_in_rotation():
+    config = parse_config(
+        """
+proxy:
+  services:
+    - name: x
+      domain: x.test
+      hosts: [{address: 127.0.0.1, port: 1}]
+      health_check: {unhealthy_threshold: 1}
+"""
+    )
+    router = Router(config)
+    admin = Admin(router)
     statuses = []
-    body = Admin(router)({"PATH_INFO": "/readyz"}, lambda status, headers: statuses.append(status))
-    assert statuses == ["503 Service Unavailable"]
-    assert b"x" in b"".join(body)
-    ready = Router.__new__(Router)
-    ready.routes = {"x.test": Route(Service("x", "x.test", ()), RoundRobin((Host("h", 1),)))}
-    Admin(ready)({"PATH_INFO": "/readyz"}, lambda status, headers: statuses.append(status))
-    assert statuses[-1] == "200 OK"
+
+    def get(path):
+        body = admin({"PATH_INFO": path}, lambda status, headers: statuses.append(status))
+        return b"".join(body)
+
+    assert get("/readyz") == b"ready\n" and statuses[-1] == "200 OK"
+    route = router.route("x.test")
+    route.health.record_probe(route.service.hosts[0], healthy=False)
+    assert get("/readyz") == b"no host for: x\n"
+    assert statuses[-1] == "503 Service Unavailable"
+    host = json.loads(get("/status"))["services"][0]["hosts"][0]
+    assert (host["in_rotation"], host["health_check"]) == (False, "down")

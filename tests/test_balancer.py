@@ -25,7 +25,7 @@ def picks(balancer, count, exclude=()):
 def test_every_configurable_strategy_has_a_balancer():
     assert set(STRATEGIES) == set(CONFIG_STRATEGIES)
     for name, kind in STRATEGIES.items():
-        service = Service("s", "s.test", (A,), strategy=name)
+        service = Service(name="s", domain="s.test", hosts=(A,), strategy=name)
         assert type(make_balancer(service)) is kind
 
 

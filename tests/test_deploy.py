@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.config import DEFAULT_ADMIN_PORT, DEFAULT_LISTEN_PORT, parse_config
+from app.config import Admin, Listen, parse_config
+
+DEFAULT_ADMIN_PORT = Admin().port
+DEFAULT_LISTEN_PORT = Listen().port
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"

@@ -1,0 +1,191 @@
+"""Which hosts of a service are in rotation.
+
+Two signals, both per worker (gunicorn workers share no memory):
+
+- passive: outlier ejection. A host that fails ``consecutive_failures`` times
+  in a row (connect error, timeout, reset; 5xx if ``count_5xx``) is taken out
+  for ``base_ejection`` seconds, doubled on each new ejection up to
+  ``max_ejection``. It then comes back on probation: one more failure ejects
+  it again. Never more than ``max_ejected_percent`` of a service's hosts are
+  ejected at once.
+- active: an optional ``health_check`` probes each host every ``interval``
+  (HealthChecker); ``unhealthy_threshold`` failures in a row take the host
+  out, ``healthy_threshold`` successes bring it back.
+
+A host is in rotation when neither signal has it out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from app.config import Host, Service
+
+log = logging.getLogger("gunicorn.error")
+
+NEVER = float("inf")
+
+
+class HostState:
+    __slots__ = (
+        "active_down",
+        "active_streak",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "returned_at",
+    )
+
+    def __init__(self):
+        self.failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.returned_at = 0.0
+        self.active_down = False
+        self.active_streak = 0
+
+
+class Health:
+    def __init__(self, service: Service, clock: Callable[[], float] = time.monotonic):
+        self.service = service
+        self.policy = service.outlier
+        self.clock = clock
+        self.states = {host: HostState() for host in service.hosts}
+        self.ejectable = len(service.hosts) * self.policy.max_ejected_percent // 100
+        self.on_event: Callable[[str, Host], None] = lambda event, host: None
+        self._out: frozenset[Host] = frozenset()
+        self._next_change = NEVER
+
+    # --- reading: called on every request, so mostly a cached answer ------
+
+    def out_of_rotation(self) -> frozenset[Host]:
+        if self.clock() >= self._next_change:
+            self._refresh()
+        return self._out
+
+    def in_rotation(self) -> list[Host]:
+        out = self.out_of_rotation()
+        return [host for host in self.service.hosts if host not in out]
+
+    # --- passive ---------------------------------------------------------
+
+    def record_success(self, host: Host) -> None:
+        state = self.states[host]
+        state.failures = 0
+        if state.ejections and self.clock() - state.returned_at > self.policy.max_ejection:
+            state.ejections = 0  # well for a while: the next ejection starts short again
+
+    def record_failure(self, host: Host) -> bool:
+        """Count a failure; True when it ejects the host."""
+        state = self.states[host]
+        state.failures += 1
+        now = self.clock()
+        if state.failures < self.policy.consecutive_failures or state.ejected_until > now:
+            return False
+        ejected = sum(1 for s in self.states.values() if s.ejected_until > now)
+        if ejected >= self.ejectable:
+            return False
+        state.ejections += 1
+        backoff = self.policy.base_ejection * 2 ** (state.ejections - 1)
+        state.ejected_until = now + min(backoff, self.policy.max_ejection)
+        state.failures = 0
+        log.warning(
+            "lbproxy: %s: ejected %s for %.1f s (%d failures in a row)",
+            self.service.name,
+            host.name,
+            state.ejected_until - now,
+            self.policy.consecutive_failures,
+        )
+        self.on_event("ejected", host)
+        self._refresh()
+        return True
+
+    # --- active ----------------------------------------------------------
+
+    def record_probe(self, host: Host, healthy: bool) -> None:
+        check = self.service.health_check
+        state = self.states[host]
+        if healthy != state.active_down:  # the probe agrees with the current state
+            state.active_streak = 0
+            return
+        state.active_streak += 1
+        needed = check.healthy_threshold if healthy else check.unhealthy_threshold
+        if state.active_streak >= needed:
+            state.active_down = not healthy
+            state.active_streak = 0
+            log.warning(
+                "lbproxy: %s: health check marks %s %s",
+                self.service.name,
+                host.name,
+                "up" if healthy else "down",
+            )
+            self.on_event("up" if healthy else "down", host)
+            self._refresh()
+
+    # ---------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        now = self.clock()
+        out = set()
+        next_change = NEVER
+        for host, state in self.states.items():
+            if state.ejected_until > now:
+                out.add(host)
+                next_change = min(next_change, state.ejected_until)
+            elif state.ejected_until:  # the ejection just ended: back, on probation
+                state.ejected_until = 0.0
+                state.returned_at = now
+                state.failures = self.policy.consecutive_failures - 1
+                self.on_event("returned", host)
+            if state.active_down:
+                out.add(host)
+        self._out = frozenset(out)
+        self._next_change = next_change
+
+
+class HealthChecker:
+    """Probe every host of a service in the background (one greenlet per host).
+
+    Each worker runs its own checker, so a host receives ``workers / interval``
+    probes per second; the first probe of each host is spread over one
+    interval so the workers do not probe in step.
+    """
+
+    def __init__(self, health: Health, session, spawn: Callable):
+        self.health = health
+        self.session = session
+        self.spawn = spawn
+        self.greenlets = []
+
+    def start(self) -> None:
+        for host in self.health.service.hosts:
+            self.greenlets.append(self.spawn(self._run, host))
+
+    def stop(self) -> None:
+        for greenlet in self.greenlets:
+            greenlet.kill(block=False)
+
+    def _run(self, host: Host) -> None:
+        import gevent
+
+        check = self.health.service.health_check
+        gevent.sleep(random.uniform(0, check.interval))
+        while True:
+            self.health.record_probe(host, self.probe(host))
+            gevent.sleep(check.interval)
+
+    def probe(self, host: Host) -> bool:
+        check = self.health.service.health_check
+        url = f"http://{host.address}:{host.port}{check.path}"
+        headers = {"Host": self.health.service.domain, "User-Agent": "lbproxy-health-check"}
+        try:
+            response = self.session.get(
+                url, headers=headers, timeout=check.timeout, allow_redirects=False
+            )
+            response.close()
+        except Exception:  # any failure to get an answer is a failed probe
+            return False
+        return response.status_code < 400
