@@ -8,6 +8,7 @@ is sent upstream.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -15,6 +16,9 @@ from app.errors import BadRequest, BodyTooLarge, ClientAbort, MethodNotAllowed
 from app.headers import add_forwarded, request_headers
 
 BODY_CHUNK = 64 * 1024
+
+# A DNS name or IPv4 literal (RFC 3986 reg-name, as names are really written).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -92,7 +96,7 @@ def domain_of(host_header: str) -> str:
             raise BadRequest("invalid Host header")
         return host[1:end].lower()
     name, _, port = host.partition(":")
-    if not name or (port and not port.isdigit()) or ":" in port:
+    if not _HOST_NAME.fullmatch(name) or (port and not port.isdigit()):
         raise BadRequest("invalid Host header")
     return name.lower().rstrip(".")
 

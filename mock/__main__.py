@@ -1,4 +1,4 @@
-"""Start one mock instance: ``python -m mock --port 9001 [--name a] [--keepalive 2]``.
+"""Start one mock instance: ``python -m mock --port 9001 [options]`` (see --help).
 
 It runs on gunicorn with a gevent worker, configured here in full: it never
 reads ./gunicorn.conf.py (that file is the proxy's).
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="identity shown in answers (default: mock-PORT)")
     parser.add_argument("--keepalive", type=int, default=2, help="idle keep-alive seconds")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--status", type=int, default=200, help="status of every answer (a sick instance: 503)"
+    )
     args = parser.parse_args(argv)
 
     name = args.name or f"mock-{args.port}"
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         "loglevel": "warning",
         "control_socket_disable": True,
     }
-    MockServer(EchoApp(name, args.port), options).run()
+    MockServer(EchoApp(name, args.port, args.status), options).run()
 
 
 if __name__ == "__main__":

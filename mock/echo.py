@@ -28,9 +28,10 @@ FILLER = b"0123456789abcdef" * 4096  # 64 KiB
 
 
 class EchoApp:
-    def __init__(self, name: str, port: int):
+    def __init__(self, name: str, port: int, status: int = 200):
         self.name = name
         self.port = port
+        self.status = status  # this instance's answer unless ?status= says otherwise
         self.served = 0  # requests this worker answered: lets tests see what reached it
 
     def __call__(self, environ, start_response):
@@ -56,7 +57,7 @@ class EchoApp:
             payload = gzip.compress(payload)
             headers.append(("Content-Encoding", "gzip"))
 
-        status = int(_first(controls, "status", "200"))
+        status = int(_first(controls, "status", str(self.status)))
         start_response(f"{status} {_reason(status)}", headers + _framing(controls, payload))
         if _first(controls, "chunked") == "1":
             return (payload[i : i + 8192] for i in range(0, len(payload), 8192))

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,10 +90,43 @@ class Server:
         return self.process.returncode
 
 
-def start_mock(name: str, port: int | None = None, keepalive: int = 2) -> Server:
+def start_mock(name: str, port: int | None = None, keepalive: int = 2, status: int = 200) -> Server:
     port = port or free_port()
     args = [sys.executable, "-m", "mock", "--port", str(port), "--name", name]
-    return Server([*args, "--keepalive", str(keepalive)], port, name=f"mock-{name}")
+    args += ["--keepalive", str(keepalive), "--status", str(status)]
+    return Server(args, port, name=f"mock-{name}")
+
+
+class RawServer:
+    """A misbehaving upstream on a thread: ``reset`` closes each connection at
+    once with a TCP reset; ``blackhole`` accepts and never answers."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.behaviour == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def stop(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
 
 
 def write_config(directory: Path, services: list[dict], **proxy: object) -> Path:

@@ -207,3 +207,62 @@ def test_proxy_config_env_names_the_file(tmp_path, monkeypatch):
     path.write_text(service_with(domain="from-env.example.com"))
     monkeypatch.setenv("PROXY_CONFIG", str(path))
     assert load_config().services[0].domain == "from-env.example.com"
+
+
+def test_resilience_keys_default_and_inherit_key_by_key():
+    document = yaml.safe_load(ORIGINAL)
+    document["proxy"]["defaults"] = {
+        "retry": {"attempts": 1, "on_status": [502, 503]},
+        "outlier": {"consecutive_failures": 7},
+        "health_check": {"path": "/ping", "interval": 2},
+        "max_in_flight": 100,
+        "timeout": {"total": 9},
+    }
+    document["proxy"]["limits"] = {"max_body_size": 1024, "client_timeout": 5}
+    service = document["proxy"]["services"][0]
+    service["retry"] = {"budget": 0.5}
+    service["health_check"] = {"timeout": 0.5}
+    config = parse_config(yaml.safe_dump(document))
+    (parsed,) = config.services
+    assert (parsed.retry.attempts, parsed.retry.on_status, parsed.retry.budget) == (
+        1,
+        (502, 503),
+        0.5,
+    )
+    assert parsed.outlier.consecutive_failures == 7 and parsed.outlier.base_ejection == 5
+    assert (parsed.health_check.path, parsed.health_check.interval) == ("/ping", 2)
+    assert parsed.health_check.timeout == 0.5
+    assert (parsed.max_in_flight, parsed.max_in_flight_per_host) == (100, None)
+    assert (parsed.timeout.total, parsed.timeout.read) == (9, 30)
+    assert (config.limits.max_body_size, config.limits.client_timeout) == (1024, 5)
+    assert config.limits.max_header_count == 100
+
+
+def test_health_check_is_off_unless_configured_and_can_be_turned_off():
+    assert parse_config(ORIGINAL).services[0].health_check is None
+    document = yaml.safe_load(ORIGINAL)
+    document["proxy"]["defaults"] = {"health_check": {"path": "/hc"}}
+    document["proxy"]["services"][0]["health_check"] = None
+    assert parse_config(yaml.safe_dump(document)).services[0].health_check is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (service_with(retry={"attempts": 11}), "proxy.services[0].retry.attempts: expected an integer 0-10, got 11"),
+        (service_with(retry={"on_status": [404]}), "proxy.services[0].retry.on_status[0]: expected an integer 500-599, got 404"),
+        (service_with(retry={"on_status": 503}), "proxy.services[0].retry.on_status: expected a list of 5xx status codes, got 503"),
+        (service_with(retry={"budget": 2}), "proxy.services[0].retry.budget: expected a number 0-1, got 2"),
+        (service_with(outlier={"count_5xx": "yes"}), "proxy.services[0].outlier.count_5xx: expected true or false, got 'yes'"),
+        (service_with(outlier={"max_ejected_percent": 101}), "proxy.services[0].outlier.max_ejected_percent: expected an integer 0-100, got 101"),
+        (service_with(health_check={"path": "ping"}), "proxy.services[0].health_check.path: expected a path starting with /, got 'ping'"),
+        (service_with(health_check={"interval": -1}), "proxy.services[0].health_check.interval: expected a positive number of seconds, got -1"),
+        (service_with(max_in_flight=0), "proxy.services[0].max_in_flight: expected an integer 1-1000000, got 0"),
+        (service_with(timeout={"total": -3}), "proxy.services[0].timeout.total: expected a positive number of seconds, got -3"),
+        (config_with(limits={"max_body_size": -1}), "proxy.limits.max_body_size: expected an integer 0-4611686018427387904, got -1"),
+        (config_with(limits={"client_timeout": 1.5}), "proxy.limits.client_timeout: expected an integer 1-3600, got 1.5"),
+        (config_with(limits={"max_headers": 5}), "proxy.limits.max_headers: unknown key (did you mean 'max_header_size'?)"),
+    ],
+)
+def test_resilience_keys_are_validated(text, message):
+    assert error_of(text).startswith(message)

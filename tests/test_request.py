@@ -73,7 +73,9 @@ def test_domain_of_host_header(header, domain):
     assert domain_of(header) == domain
 
 
-@pytest.mark.parametrize("header", [":80", "a.test:x", "a:1:2", "[::1", "[::1]x"])
+@pytest.mark.parametrize(
+    "header", [":80", "a.test:x", "a:1:2", "[::1", "[::1]x", "a b", "u@a.test"]
+)
 def test_invalid_host_headers_are_400(header):
     with pytest.raises(BadRequest):
         domain_of(header)

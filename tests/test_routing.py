@@ -6,7 +6,7 @@ import pytest
 
 from app.balancer import RoundRobin
 from app.config import parse_config
-from app.errors import UnknownDomain
+from app.errors import NoHealthyHost, Overloaded, UnknownDomain
 from app.routing import Router
 
 CONFIG = parse_config(
@@ -35,3 +35,48 @@ def test_unknown_domain_is_refused():
     with pytest.raises(UnknownDomain) as caught:
         Router(CONFIG).route("c.test")
     assert caught.value.status.startswith("404")
+
+
+LIMITED = parse_config(
+    """
+proxy:
+  services:
+    - name: a
+      domain: a.test
+      hosts: [{address: 127.0.0.1, port: 1}, {address: 127.0.0.1, port: 2}]
+      max_in_flight: 3
+      max_in_flight_per_host: 1
+"""
+)
+
+
+def test_limits_are_shared_out_over_the_workers():
+    route = Router(LIMITED, workers=2).route("a.test")
+    assert (route.max_in_flight, route.max_in_flight_per_host) == (2, 1)
+
+
+def test_the_service_limit_refuses_before_picking():
+    route = Router(LIMITED).route("a.test")
+    first, second = route.pick([]), route.pick([])
+    assert {first, second} == set(route.service.hosts)
+    with pytest.raises(Overloaded):
+        route.pick([])  # both hosts hold their one request
+    third = route.service.hosts[0]
+    route.release(third)
+    route.admit()
+    assert route.pick([]) == third
+    route.balancer.pick([])  # a third request in flight, past the per-host limit by hand
+    with pytest.raises(Overloaded):
+        route.admit()
+
+
+def test_no_host_in_rotation_is_503_and_all_tried_is_none():
+    route = Router(LIMITED).route("a.test")
+    a, b = route.service.hosts
+    assert route.pick([a]) == b
+    assert route.pick([a, b]) is None
+    for host in (a, b):
+        route.health.states[host].active_down = True
+    route.health._refresh()
+    with pytest.raises(NoHealthyHost):
+        route.pick([])
