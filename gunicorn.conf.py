@@ -9,6 +9,8 @@ Environment (app/settings.py):
   PROXY_WORKERS             worker processes (default: one per CPU)
   PROXY_WORKER_CONNECTIONS  requests one worker holds at once (default 1000); also
                             the depth of each upstream's connection pool
+  PROXY_ACCESS_LOG          "-" (stdout, the default), a file path, or "off"
+  STATSD_HOST/PORT/PREFIX   metrics target, over proxy.statsd (app/metrics.py)
 """
 
 from app import settings
@@ -36,11 +38,15 @@ limit_request_line = _config.limits.max_request_line
 # SIGTERM: stop accepting, let in-flight requests finish for this long.
 graceful_timeout = 30
 proc_name = "lbproxy"
+# One JSON line per request (app/accesslog.py) on stdout, or to PROXY_ACCESS_LOG
+# (a path, or "off"); --access-logfile and --log-config still apply.
+logger_class = "app.accesslog.JsonAccessLogger"
+accesslog = settings.access_log()
 control_socket_disable = True  # one proxy per host path would collide; not used
 
 
 def post_worker_init(worker):
-    """Start the active health checks in each worker, on its gevent hub."""
+    """Start each worker's health checks and metrics gauges, on its gevent hub."""
     import gevent
 
-    worker.wsgi.start_health_checks(gevent.spawn)
+    worker.wsgi.start_background(gevent.spawn)

@@ -116,6 +116,14 @@ def url_path(value: Any, where: str) -> str:
     return value
 
 
+def metric_prefix(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+        raise ConfigError(
+            where, f"expected a Graphite path such as lbproxy, got {_describe(value)}"
+        )
+    return value
+
+
 def status_list(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ConfigError(where, f"expected a list of 5xx status codes, got {_describe(value)}")
@@ -187,6 +195,16 @@ class Limits:
     # headers, and may sit idle between requests. A slow client holds nothing
     # but its own connection for this long.
     client_timeout: int = setting(10, integer(1, 3600))  # whole seconds: gunicorn takes an int
+
+
+@dataclass(frozen=True)
+class Statsd:
+    """Metrics go to StatsD when a host is set (here or in $STATSD_HOST)."""
+
+    host: str | None = setting(None, optional(address))
+    port: int = setting(8125, port)
+    prefix: str = setting("lbproxy", metric_prefix)
+    interval: float = setting(1.0, seconds)  # how often each worker reports its gauges
 
 
 @dataclass(frozen=True)
@@ -282,6 +300,7 @@ class ProxyConfig:
     admin: Admin = Admin()
     limits: Limits = Limits()
     defaults: Policy = Policy()
+    statsd: Statsd = Statsd()
     source: str = "<memory>"
 
     @property
@@ -323,7 +342,7 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
         value,
         where,
         required={"services"},
-        optional={"listen", "admin", "limits", "defaults"},
+        optional={"listen", "admin", "limits", "defaults", "statsd"},
     )
     listen = block(Listen, data.get("listen"), f"{where}.listen")
     admin = block(Admin, data.get("admin"), f"{where}.admin")
@@ -332,7 +351,8 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
     defaults = block(Policy, data.get("defaults"), f"{where}.defaults")
     services = _services(data["services"], f"{where}.services", defaults)
     limits = block(Limits, data.get("limits"), f"{where}.limits")
-    return ProxyConfig(services, listen, admin, limits, defaults, source)
+    statsd = block(Statsd, data.get("statsd"), f"{where}.statsd")
+    return ProxyConfig(services, listen, admin, limits, defaults, statsd, source)
 
 
 def block(kind: type, value: Any, where: str, inherited: Any = None, required=frozenset()):

@@ -76,7 +76,7 @@ class Attempt:
     """What one try at one host cost: for metrics and the access log."""
 
     host: Host
-    connect_time: float = 0.0
+    connect_time: float | None = None  # None: a pooled connection was reused
     reused: bool = False
 
 
@@ -84,6 +84,11 @@ class Forwarder:
     def __init__(self, session: requests.Session):
         self.session = session
         self.pools = session.get_adapter("http://").poolmanager
+
+    def idle(self, host: Host) -> int:
+        """Idle connections kept open in the host's pool (for the pool gauge)."""
+        pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
+        return sum(1 for conn in list(pool.pool.queue) if conn is not None and conn.sock)
 
     def send(self, host: Host, request: ProxyRequest, timeout: Timeout) -> UpstreamResponse:
         """Forward ``request`` to ``host``; return the response with its body unread.
@@ -150,6 +155,7 @@ class Forwarder:
             raw,
             release=lambda reusable: _release(pool, conn, reusable),
             host=attempt.host,
+            request_id=request.request_id,
             connect_time=attempt.connect_time,
             upstream_time=time.perf_counter() - started,
         )

@@ -23,7 +23,8 @@ HOP_BY_HOP = frozenset(
 
 # gunicorn writes its own Date and Server on every response; passing the
 # upstream's too would send both twice (nginx hides the upstream's likewise).
-REPLACED_BY_SERVER = frozenset({"date", "server"})
+# X-Request-Id is the proxy's: it sends the id it forwarded.
+REPLACED_BY_PROXY = frozenset({"date", "server", "x-request-id"})
 
 # WSGI keeps two request headers outside the HTTP_ namespace.
 _CGI_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
@@ -68,7 +69,7 @@ def add_forwarded(headers: dict[str, str], client: str, proto: str, host: str) -
 def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers to pass on, repeated names kept as separate lines."""
     items = list(items)
-    dropped = HOP_BY_HOP | REPLACED_BY_SERVER
+    dropped = HOP_BY_HOP | REPLACED_BY_PROXY
     for name, value in items:
         if name.lower() == "connection":
             dropped = dropped | connection_tokens(value)

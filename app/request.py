@@ -29,6 +29,7 @@ class ProxyRequest:
     headers: dict[str, str]
     body: RequestBody | None
     client_socket: object = None  # watched for a client that leaves while we wait
+    request_id: str = ""
 
     @property
     def replayable(self) -> bool:
@@ -36,7 +37,9 @@ class ProxyRequest:
         return self.body is None or not self.body.started
 
 
-def parse_request(environ: dict, max_body_size: int | None = None) -> ProxyRequest:
+def parse_request(
+    environ: dict, max_body_size: int | None = None, request_id: str = ""
+) -> ProxyRequest:
     method = environ["REQUEST_METHOD"]
     if method == "CONNECT":
         raise MethodNotAllowed()
@@ -48,6 +51,8 @@ def parse_request(environ: dict, max_body_size: int | None = None) -> ProxyReque
     domain = domain_of(host_header)
     headers = request_headers(environ)
     headers["Host"] = host_header
+    if request_id:
+        headers["X-Request-Id"] = request_id
     add_forwarded(
         headers,
         client=environ.get("REMOTE_ADDR", ""),
@@ -55,7 +60,8 @@ def parse_request(environ: dict, max_body_size: int | None = None) -> ProxyReque
         host=host_header,
     )
     body = request_body(environ, max_body_size)
-    return ProxyRequest(method, target, domain, headers, body, environ.get("gunicorn.socket"))
+    client = environ.get("gunicorn.socket")
+    return ProxyRequest(method, target, domain, headers, body, client, request_id)
 
 
 def raw_target(environ: dict) -> str:
@@ -130,6 +136,7 @@ class RequestBody:
         self.length = length
         self.limit = limit
         self.started = False
+        self.bytes_read = 0
 
     @property
     def chunked(self) -> bool:
@@ -152,6 +159,7 @@ class RequestBody:
             if remaining is not None:
                 remaining -= len(chunk)
             total += len(chunk)
+            self.bytes_read = total
             if self.limit is not None and total > self.limit:
                 raise BodyTooLarge(f"chunked body over {self.limit} bytes")
             yield chunk

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from urllib3.exceptions import ReadTimeoutError
+
 from app.config import Host
+from app.errors import UpstreamProtocolError, UpstreamTimeout
 from app.headers import response_headers
 
 RESPONSE_CHUNK = 64 * 1024
@@ -24,26 +27,37 @@ class UpstreamResponse:
         raw,
         release: Callable[[bool], None],
         host: Host,
-        connect_time: float = 0.0,
-        upstream_time: float = 0.0,
+        request_id: str = "",
+        connect_time: float | None = None,
+        upstream_time: float | None = None,
     ):
         self.raw = raw
         self.host = host
         self.status = raw.status
         self.status_line = f"{raw.status} {raw.reason}"
         self.headers = response_headers(raw.headers.items())
+        if request_id:
+            self.headers.append(("X-Request-Id", request_id))
         self.connect_time = connect_time
         self.upstream_time = upstream_time
         self.bytes_sent = 0
         self.on_close: list[Callable[[], None]] = []
+        self.failure: str | None = None  # the error kind, if the body did not get through
         self._release = release
         self._complete = False
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.raw.stream(RESPONSE_CHUNK, decode_content=False):
-            self.bytes_sent += len(chunk)
-            yield chunk
+        try:
+            for chunk in self.raw.stream(RESPONSE_CHUNK, decode_content=False):
+                self.bytes_sent += len(chunk)
+                yield chunk
+        except Exception as error:
+            # Headers are sent: all we can do is cut the client's connection,
+            # which re-raising makes gunicorn do.
+            timed_out = isinstance(error, (ReadTimeoutError, TimeoutError))
+            self.failure = UpstreamTimeout.kind if timed_out else UpstreamProtocolError.kind
+            raise
         self._complete = True
 
     def discard(self) -> None:
@@ -56,6 +70,8 @@ class UpstreamResponse:
         if self._closed:
             return
         self._closed = True
+        if not self._complete and self.failure is None:
+            self.failure = "client_abort"
         # A response that ended with "Connection: close" has already closed its
         # socket (http.client does it); the pool then reconnects on next use.
         self._release(self._complete)

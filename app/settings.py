@@ -22,3 +22,9 @@ def worker_connections() -> int:
     pool is as deep, so no request waits for, or wastes, a connection.
     """
     return int(os.environ.get("PROXY_WORKER_CONNECTIONS") or DEFAULT_WORKER_CONNECTIONS)
+
+
+def access_log() -> str | None:
+    """PROXY_ACCESS_LOG: "-" for stdout (the default), a file path, or "off"."""
+    target = os.environ.get("PROXY_ACCESS_LOG", "-")
+    return None if target.lower() in ("off", "none", "") else target

@@ -27,6 +27,8 @@ from app.errors import (
 from app.forward import Forwarder, make_session
 from app.health import HealthChecker
 from app.master import active_config
+from app.metrics import Metrics, statsd_settings
+from app.record import ENVIRON_KEY, Record, request_id
 from app.request import ProxyRequest, parse_request
 from app.response import UpstreamResponse
 from app.retry import IDEMPOTENT
@@ -48,30 +50,53 @@ class Proxy:
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(make_session(len(config.hosts), concurrency))
+        self.metrics = Metrics(statsd_settings(config.statsd))
+        for route in self.router.routes.values():
+            route.health.on_event = self._health_event(route.service.name)
         self.checkers: list[HealthChecker] = []
 
-    def start_health_checks(self, spawn) -> None:
-        """Probe the hosts of every service that has a health_check (gevent workers)."""
+    def start_background(self, spawn) -> None:
+        """In a gevent worker: active health checks and the metrics gauges."""
         probe_session = make_session(len(self.config.hosts), 1)
         for route in self.router.routes.values():
             if route.service.health_check is not None:
                 checker = HealthChecker(route.health, probe_session, spawn)
                 checker.start()
                 self.checkers.append(checker)
+        if self.metrics.enabled:
+            spawn(self._report_gauges)
 
     def __call__(self, environ, start_response):
         if environ.get("SERVER_PORT") == self.admin_port:
             return self.admin(environ, start_response)
+        record = environ[ENVIRON_KEY] = Record(request_id(environ.get("HTTP_X_REQUEST_ID")))
+        request = None
         try:
-            request = parse_request(environ, self.max_body_size)
+            request = parse_request(environ, self.max_body_size, record.request_id)
             route = self.router.route(request.domain)
-            response = self.forward(route, request)
+            record.service = route.service.name
+            response = self.forward(route, request, record)
         except ProxyError as error:
-            return self.refuse(error, start_response)
+            return self.refuse(error, start_response, record, request)
+        record.upstream_status = record.status = response.status
+        record.connect_time = response.connect_time
+        record.upstream_time = response.upstream_time
+        response.on_close.append(lambda: self.finish(record, request, response))
         start_response(response.status_line, response.headers)
         return response
 
-    def forward(self, route: Route, request: ProxyRequest) -> UpstreamResponse:
+    def finish(self, record: Record, request: ProxyRequest | None, response=None) -> None:
+        """The request is over (body sent, or abandoned): count it."""
+        if response is not None:
+            record.bytes_out = response.bytes_sent
+            if response.failure:
+                record.outcome = response.failure
+        if request is not None and request.body is not None:
+            record.bytes_in = request.body.bytes_read
+        record.finish()
+        self.metrics.request_done(record)
+
+    def forward(self, route: Route, request: ProxyRequest, record: Record) -> UpstreamResponse:
         """Send the request to a host of the route, retrying on another host where safe.
 
         - a refused connection: nothing was sent, so any method moves on;
@@ -89,6 +114,8 @@ class Proxy:
         # after at least one attempt, with its error kept.
         while (host := route.pick(tried)) is not None:
             tried.append(host)
+            record.upstream = host.name
+            record.retries = len(tried) - 1
             timeout = _remaining(service.timeout, deadline)
             try:
                 response = self.forwarder.send(host, request, timeout)
@@ -129,18 +156,34 @@ class Proxy:
         )
         return safe and route.budget.try_spend()
 
-    @staticmethod
-    def refuse(error: ProxyError, start_response):
+    def refuse(self, error: ProxyError, start_response, record: Record, request):
+        record.outcome = error.kind
+        record.status = int(error.status[:3])
+        self.finish(record, request)
         body = error.body()
         start_response(
             error.status,
             [
                 ("Content-Type", "text/plain; charset=utf-8"),
                 ("Content-Length", str(len(body))),
+                ("X-Request-Id", record.request_id),
                 *error.headers(),
             ],
         )
         return [body]
+
+    def _health_event(self, service: str):
+        def report(event: str, host) -> None:
+            self.metrics.health_event(service, host.name, event)
+
+        return report
+
+    def _report_gauges(self) -> None:
+        import gevent
+
+        while True:
+            self.metrics.report_gauges(self.router.routes.values(), self.forwarder)
+            gevent.sleep(self.metrics.settings.interval)
 
 
 def _remaining(timeout: Timeout, deadline: float | None) -> Timeout:

@@ -7,6 +7,7 @@ child process on 127.0.0.1. Nothing is ever stopped by name.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import struct
@@ -159,3 +160,46 @@ class Proxy(Server):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+STATSD_JS = REPO / "tools" / "statsd" / "node_modules" / "statsd" / "stats.js"
+
+
+class StatsdDaemon(Server):
+    """The real StatsD daemon (npm statsd, scripts/install/statsd.sh), no backend,
+    flushing every 10 minutes so its counters hold everything a test sent."""
+
+    def __init__(self, directory: Path):
+        self.udp_port = free_port()
+        admin = free_port()
+        config = directory / f"statsd-{admin}.js"
+        config.write_text(
+            f"{{ port: {self.udp_port}, address: '127.0.0.1', mgmt_port: {admin},"
+            " mgmt_address: '127.0.0.1', flushInterval: 600000, backends: [] }"
+        )
+        super().__init__(["node", str(STATSD_JS), str(config)], admin, name="statsd")
+
+    def admin(self, command: str) -> str:
+        """A management command's answer (``counters``, ``timers``, ``gauges``)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(command.encode() + b"\n")
+            answer = b""
+            while b"END" not in answer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer.decode()
+
+    def counters(self) -> dict[str, float]:
+        text = self.admin("counters")
+        return {name: float(value) for name, value in re.findall(r"'([^']+)': ([\d.]+)", text)}
+
+    def timer_counts(self) -> dict[str, int]:
+        """How many values each timer holds (util.inspect abbreviates long arrays)."""
+        counts = {}
+        for name, body in re.findall(r"'([^']+)': \[(.*?)\]", self.admin("timers"), re.S):
+            more = re.search(r"\.\.\. (\d+) more item", body)
+            listed = re.sub(r"\.\.\. \d+ more items?", "", body)
+            counts[name] = len(re.findall(r"[\d.]+", listed)) + (int(more.group(1)) if more else 0)
+        return counts
