@@ -2,15 +2,18 @@
 
 The connection pools belong to one ``requests.Session`` per worker, configured
 for a proxy rather than a script (see ``make_session``). The hot path takes a
-connection from the session's urllib3 pool and drives it with the connection's
-own ``request()``: it is the only layer that sends the request target exactly as
-given (``requests`` re-quotes ``%7e`` to ``~``; ``urlopen`` upper-cases
-``%2f``), and it skips the per-request preparation ``requests`` would do.
+connection from the session's urllib3 pool (urllib3 connects it, with
+TCP_NODELAY) and speaks HTTP on it at the ``http.client`` level the connection
+is built on: ``putrequest``/``putheader``/``send`` write the request target
+exactly as given (``requests`` re-quotes ``%7e`` to ``~``; ``urlopen``
+upper-cases ``%2f``) and the response body is read as it arrives, without the
+per-request preparation of ``requests`` or the wrapping of urllib3's response.
 """
 
 from __future__ import annotations
 
 import http.client
+import queue
 import select
 import socket
 import time
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 
 import requests
+from gevent.socket import wait_read
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util import SKIP_HEADER
+from urllib3.util.connection import is_connection_dropped
 
 from app.config import Host, Timeout
 from app.errors import (
@@ -33,9 +37,6 @@ from app.errors import (
 )
 from app.request import ProxyRequest
 from app.response import UpstreamResponse
-
-# http.client/urllib3 add these unless told not to; a proxy adds nothing.
-_NO_DEFAULT_HEADERS = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
 
 # While waiting for an upstream, look this often whether the client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
@@ -100,7 +101,9 @@ class Forwarder:
         """
         pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
         attempt = Attempt(host)
-        conn = self._connection(pool, attempt, timeout)
+        # A request that can be replayed is retried if its pooled connection
+        # turns out stale; one that cannot is worth a poll() to check it first.
+        conn = self._connection(pool, attempt, timeout, check=not request.replayable_always)
         try:
             return self._exchange(pool, conn, attempt, request, timeout)
         except _STALE_CONNECTION:
@@ -112,11 +115,17 @@ class Forwarder:
         except _STALE_CONNECTION:
             raise UpstreamProtocolError("connection reset by the upstream") from None
 
-    def _connection(self, pool, attempt: Attempt, timeout: Timeout, fresh: bool = False):
+    def _connection(self, pool, attempt: Attempt, timeout: Timeout, fresh=False, check=False):
         """A connected connection: pooled if one is fresh enough, else a new one."""
-        conn = pool._get_conn()
-        idle_since = getattr(conn, "lbproxy_idle_since", 0.0)
-        if conn.sock is not None and (fresh or time.monotonic() - idle_since > timeout.idle):
+        try:
+            conn = pool.pool.get(block=False) or pool._new_conn()
+        except queue.Empty:
+            conn = pool._new_conn()
+        if conn.sock is not None and (
+            fresh
+            or time.monotonic() - getattr(conn, "lbproxy_idle_since", 0.0) > timeout.idle
+            or (check and is_connection_dropped(conn))
+        ):
             conn.close()
         attempt.reused = conn.sock is not None
         if attempt.reused:
@@ -134,19 +143,12 @@ class Forwarder:
     def _exchange(self, pool, conn, attempt, request, timeout) -> UpstreamResponse:
         """Send the request on ``conn`` and read the response headers."""
         conn.timeout = timeout.read
+        conn.sock.settimeout(timeout.read)
         started = time.perf_counter()
         try:
-            conn.request(
-                request.method,
-                request.target,
-                body=request.body,
-                headers={**_NO_DEFAULT_HEADERS, **request.headers},
-                chunked=bool(request.body and request.body.chunked),
-                preload_content=False,
-                decode_content=False,
-            )
+            _send_request(conn, request)
             _wait_for_response(conn.sock, request.client_socket, timeout.read)
-            raw = conn.getresponse()
+            raw = http.client.HTTPConnection.getresponse(conn)
         except BaseException as error:
             conn.close()
             pool._put_conn(conn)
@@ -159,6 +161,34 @@ class Forwarder:
             connect_time=attempt.connect_time,
             upstream_time=time.perf_counter() - started,
         )
+
+
+def _send_request(conn, request: ProxyRequest) -> None:
+    """Write the request line, the headers and the body, as http.client does.
+
+    http.client refuses a target or header with CR, LF or other control
+    characters (ValueError): a second guard after gunicorn's parser.
+    """
+    conn.putrequest(request.method, request.target, skip_host=True, skip_accept_encoding=True)
+    putheader = http.client.HTTPConnection.putheader
+    for name, value in request.headers.items():
+        putheader(conn, name, value)
+    body = request.body
+    if body is None:
+        conn.endheaders()
+        return
+    if body.chunked:
+        putheader(conn, "Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for chunk in body:
+            conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+        return
+    if "Content-Length" not in request.headers:
+        putheader(conn, "Content-Length", str(body.length))
+    conn.endheaders()
+    for chunk in body:
+        conn.send(chunk)
 
 
 def _release(pool, conn, reusable: bool) -> None:
@@ -184,11 +214,16 @@ def _wait_for_response(upstream, client, read_timeout: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no response within the read timeout")
-        readable, _, _ = select.select([upstream], [], [], min(remaining, CLIENT_CHECK_INTERVAL))
-        if readable:
+        try:
+            wait_read(upstream.fileno(), min(remaining, CLIENT_CHECK_INTERVAL), _StillWaiting)
             return
-        if _client_gone(client):
-            raise ClientAbort("the client closed its connection while waiting")
+        except _StillWaiting:
+            if _client_gone(client):
+                raise ClientAbort("the client closed its connection while waiting") from None
+
+
+class _StillWaiting(Exception):
+    """No upstream byte yet (an internal signal of _wait_for_response)."""
 
 
 def _client_gone(client) -> bool:

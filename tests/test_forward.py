@@ -99,7 +99,7 @@ def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(short_keepalive_moc
     cannot see (the upstream closes just after the check) is made certain here
     by turning that check off.
     """
-    monkeypatch.setattr("urllib3.connectionpool.is_connection_dropped", lambda conn: False)
+    monkeypatch.setattr("app.forward.is_connection_dropped", lambda conn: False)
     forwarder = Forwarder(make_session(1, 10))
     host = Host("127.0.0.1", short_keepalive_mock.port)
     patient = Timeout(idle=30)
@@ -125,7 +125,7 @@ def test_idle_connections_older_than_the_idle_timeout_are_not_reused(short_keepa
 
 
 def test_a_body_already_sent_is_never_replayed(short_keepalive_mock, monkeypatch):
-    monkeypatch.setattr("urllib3.connectionpool.is_connection_dropped", lambda conn: False)
+    monkeypatch.setattr("app.forward.is_connection_dropped", lambda conn: False)
     forwarder = Forwarder(make_session(1, 10))
     host = Host("127.0.0.1", short_keepalive_mock.port)
     read(forwarder.send(host, get(), Timeout(idle=30)))
