@@ -50,3 +50,10 @@ def post_worker_init(worker):
     import gevent
 
     worker.wsgi.start_background(gevent.spawn)
+
+
+def worker_exit(server, worker):
+    """Send the metrics the worker still holds before it goes."""
+    metrics = getattr(worker.wsgi, "metrics", None)
+    if metrics is not None:
+        metrics.flush()

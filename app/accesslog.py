@@ -45,8 +45,11 @@ class JsonAccessLogger(Logger):
         if not self.access_log_enabled or record is None:
             return
         record.finish()
-        line = json.dumps(entry(record, environ, getattr(resp, "sent", 0)), separators=(",", ":"))
-        self.access_log.info(line)
+        self.access_log.info(_encode(entry(record, environ, getattr(resp, "sent", 0))))
+
+
+# One encoder for every line: json.dumps with non-default separators makes a new one each call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _ms(seconds: float | None) -> float | None:

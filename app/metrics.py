@@ -23,9 +23,10 @@ Naming (prefix ``lbproxy`` by default; ``<service>`` is the service's name and
 Gauges are per worker (sum them in Graphite: ``sumSeries(...in_flight.*)``):
 StatsD keeps one value per gauge, so workers must not share a name.
 
-A request's metrics go out as one datagram. Sending never raises and never
-blocks: UDP to a dead port is lost, an unresolvable host turns metrics off
-with a warning at start.
+Metrics are collected in the worker and sent in full datagrams (counters
+summed, timer samples batched; at the latest every ``statsd.interval`` seconds
+and at worker exit). Sending never raises and never blocks: UDP to a dead port
+is lost, an unresolvable host turns metrics off with a warning at start.
 """
 
 from __future__ import annotations
@@ -63,12 +64,38 @@ def statsd_settings(configured: Statsd | None, environ=os.environ) -> Statsd | N
     return Statsd(host=host, port=port, prefix=prefix, interval=base.interval)
 
 
+class Scope:
+    """The metric names of one service, or of one host of a service, made once."""
+
+    __slots__ = ("bytes_in", "bytes_out", "connect", "request", "status", "upstream")
+
+    def __init__(self, base: str):
+        self.request = f"{base}.request"
+        self.upstream = f"{base}.upstream"
+        self.connect = f"{base}.connect"
+        self.bytes_in = f"{base}.bytes_in"
+        self.bytes_out = f"{base}.bytes_out"
+        self.status = {n: f"{base}.status.{n}xx" for n in range(1, 6)}
+
+
 class Metrics:
-    """Sends one request's metrics as one datagram; ``enabled`` False sends nothing."""
+    """Collects each request's metrics; sends them in batches; never raises or blocks.
+
+    Counters are summed in the worker and timer samples queued; both leave in
+    full datagrams (``TIMERS_PER_DATAGRAM`` samples, or every ``interval``
+    seconds from the gauge loop, or at worker exit): a datagram carries many
+    requests instead of one request costing one ``sendto``. StatsD sees the
+    same totals and every timer sample. ``enabled`` False: nothing is kept.
+    """
+
+    TIMERS_PER_DATAGRAM = 28  # ~45 bytes a sample: a datagram's worth
 
     def __init__(self, settings: Statsd | None):
         self.client = None
         self.settings = settings
+        self.counters: dict[str, int] = {}
+        self.timers: list[tuple[str, float]] = []
+        self._scopes: dict[tuple[str | None, str | None], tuple[Scope, Scope | None]] = {}
         if settings is None:
             return
         try:
@@ -93,38 +120,49 @@ class Metrics:
     def request_done(self, record: Record) -> None:
         if self.client is None:
             return
-        service = safe(record.service) if record.service else UNROUTED
-        pipe = self.client.pipeline()
-        status = f"status.{record.status // 100}xx" if record.status else None
-        total = record.duration * 1000
-        scopes = [service]
-        if record.upstream:
-            scopes.append(f"{service}.hosts.{safe(record.upstream)}")
-        for scope in scopes:
+        service, host = self._scopes_of(record.service, record.upstream)
+        status_class = record.status // 100 if record.status else None
+        for scope in (service, host) if host else (service,):
             if record.service:
-                pipe.timing(f"{scope}.request", total)
-            if status:
-                pipe.incr(f"{scope}.{status}")
+                self._time(scope.request, record.duration)
+            if status_class:
+                self._count(scope.status[status_class])
             if record.upstream_time is not None:
-                pipe.timing(f"{scope}.upstream", record.upstream_time * 1000)
+                self._time(scope.upstream, record.upstream_time)
             if record.connect_time is not None:
-                pipe.timing(f"{scope}.connect", record.connect_time * 1000)
+                self._time(scope.connect, record.connect_time)
             if record.bytes_in:
-                pipe.incr(f"{scope}.bytes_in", record.bytes_in)
+                self._count(scope.bytes_in, record.bytes_in)
             if record.bytes_out:
-                pipe.incr(f"{scope}.bytes_out", record.bytes_out)
+                self._count(scope.bytes_out, record.bytes_out)
+        base = safe(record.service) if record.service else UNROUTED
         if record.outcome != "success":
-            pipe.incr(f"{service}.errors.{record.outcome}")
+            self._count(f"{base}.errors.{record.outcome}")
         if record.retries:
-            pipe.incr(f"{service}.retries", record.retries)
-        pipe.send()
+            self._count(f"{base}.retries", record.retries)
+        if len(self.timers) >= self.TIMERS_PER_DATAGRAM:
+            self.flush()
 
     def health_event(self, service: str, host: str, event: str) -> None:
         if self.client is not None:
-            self.client.incr(f"{safe(service)}.hosts.{safe(host)}.{event}")
+            self._count(f"{safe(service)}.hosts.{safe(host)}.{event}")
+
+    def flush(self) -> None:
+        """Send what was collected (the counters summed since the last flush)."""
+        if self.client is None or not (self.counters or self.timers):
+            return
+        counters, self.counters = self.counters, {}
+        timers, self.timers = self.timers, []
+        pipe = self.client.pipeline()
+        for name, value in counters.items():
+            pipe.incr(name, value)
+        for name, seconds in timers:
+            pipe.timing(name, seconds * 1000)
+        pipe.send()
 
     def report_gauges(self, routes, pools) -> None:
-        """Per-worker gauges: in flight, hosts in rotation, idle pooled connections."""
+        """Per-worker gauges (in flight, hosts in rotation, idle pooled
+        connections), then everything collected."""
         if self.client is None:
             return
         pid = os.getpid()
@@ -137,6 +175,22 @@ class Metrics:
                 idle = pools.idle(host)
                 pipe.gauge(f"{service}.hosts.{safe(host.name)}.pool_idle.{pid}", idle)
         pipe.send()
+        self.flush()
+
+    def _count(self, name: str, value: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + value
+
+    def _time(self, name: str, seconds: float) -> None:
+        self.timers.append((name, seconds))
+
+    def _scopes_of(self, service: str | None, upstream: str | None):
+        key = (service, upstream)
+        scopes = self._scopes.get(key)
+        if scopes is None:
+            base = safe(service) if service else UNROUTED
+            host = Scope(f"{base}.hosts.{safe(upstream)}") if upstream else None
+            scopes = self._scopes[key] = (Scope(base), host)
+        return scopes
 
 
 def safe_prefix(prefix: str) -> str:

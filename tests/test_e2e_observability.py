@@ -48,7 +48,7 @@ def get(proxy, domain, path="/", **kwargs):
 
 def test_the_statsd_daemon_counts_exactly_what_was_sent(mock, tmp_path):
     daemon = StatsdDaemon(tmp_path)
-    config = write_config(tmp_path, services(mock))
+    config = write_config(tmp_path, services(mock), statsd={"interval": 0.2})
     env = {"STATSD_HOST": "127.0.0.1", "STATSD_PORT": str(daemon.udp_port)}
     proxy = Proxy(config, workers=2, env=env)
     try:
@@ -56,7 +56,7 @@ def test_the_statsd_daemon_counts_exactly_what_was_sent(mock, tmp_path):
         assert {get(proxy, "nowhere.test").status_code for _ in range(5)} == {404}
         assert {get(proxy, "gone.test").status_code for _ in range(3)} == {502}
         assert get(proxy, "web.test", "/?delay=2").status_code == 504
-        time.sleep(0.5)  # UDP: let the last datagrams land
+        time.sleep(1)  # workers send what they hold every 0.2 s; UDP lands
         counters = daemon.counters()
         timers = daemon.timer_counts()
         gauges = daemon.admin("gauges")

@@ -59,6 +59,7 @@ def request(proxy, host, target="/", body=b"", method="GET"):
     data = b"".join(response)
     if hasattr(response, "close"):
         response.close()
+    proxy.metrics.flush()
     return statuses[0], data
 
 
@@ -126,7 +127,9 @@ def test_health_events_and_gauges(mocks, sink):
     proxy = proxy_for(mocks, sink)
     route = proxy.router.route("web.test")
     proxy.metrics.health_event("web.site", "10.0.0.1:80", "ejected")
-    assert datagram(sink) == {"lb.test.web_site.hosts.10_0_0_1_80.ejected": (1, "c")}
+    proxy.metrics.health_event("web.site", "10.0.0.1:80", "ejected")
+    proxy.metrics.flush()
+    assert datagram(sink) == {"lb.test.web_site.hosts.10_0_0_1_80.ejected": (2, "c")}
     request(proxy, "web.test")
     datagram(sink)
     proxy.metrics.report_gauges(proxy.router.routes.values(), proxy.forwarder)
@@ -136,6 +139,50 @@ def test_health_events_and_gauges(mocks, sink):
     assert gauges[f"lb.test.web_site.hosts_in_rotation.{pid}"] == (1, "g")
     host = safe(route.service.hosts[0].name)
     assert gauges[f"lb.test.web_site.hosts.{host}.pool_idle.{pid}"] == (1, "g")
+
+
+def test_requests_are_batched_and_counters_summed(mocks, sink):
+    proxy = proxy_for(mocks, sink)
+    for _ in range(3):
+        environ_request(proxy)
+    assert proxy.metrics.counters["web_site.status.2xx"] == 3  # kept, not sent yet
+    proxy.metrics.flush()
+    metrics = datagram(sink)
+    assert metrics["lb.test.web_site.status.2xx"] == (3, "c")
+    proxy.metrics.flush()  # nothing left: nothing sent
+    with pytest.raises(TimeoutError):
+        sink.settimeout(0.2)
+        sink.recv(65536)
+
+
+def test_a_full_batch_of_timers_is_sent_without_waiting(mocks, sink):
+    proxy = proxy_for(mocks, sink)
+    requests_made = 0
+    while requests_made < 50:
+        environ_request(proxy)
+        requests_made += 1
+        if not proxy.metrics.timers:  # emptied: a batch went out on its own
+            break
+    # Two timers a scope (request, upstream), two scopes: 7 requests fill 28 samples.
+    assert requests_made == 7
+    assert datagram(sink)["lb.test.web_site.status.2xx"] == (7, "c")
+
+
+def environ_request(proxy):
+    """A request without the flush ``request()`` does."""
+    statuses = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/",
+        "HTTP_HOST": "web.test",
+        "SERVER_PORT": "8080",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+    }
+    response = proxy(environ, lambda status, headers: statuses.append(status))
+    b"".join(response)
+    response.close()
 
 
 def test_settings_come_from_the_file_and_the_environment():
