@@ -36,7 +36,7 @@ from app.errors import (
     UpstreamTimeout,
 )
 from app.request import ProxyRequest
-from app.response import UpstreamResponse
+from app.response import LeanHTTPResponse, UpstreamResponse
 
 # While waiting for an upstream, look this often whether the client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
@@ -130,6 +130,7 @@ class Forwarder:
         attempt.reused = conn.sock is not None
         if attempt.reused:
             return conn
+        conn.response_class = LeanHTTPResponse
         conn.timeout = timeout.connect
         started = time.perf_counter()
         try:

@@ -100,10 +100,12 @@ def start_mock(name: str, port: int | None = None, keepalive: int = 2, status: i
 
 class RawServer:
     """A misbehaving upstream on a thread: ``reset`` closes each connection at
-    once with a TCP reset; ``blackhole`` accepts and never answers."""
+    once with a TCP reset; ``blackhole`` accepts and never answers; ``reply``
+    reads a request and answers ``reply`` bytes as they are, then closes."""
 
-    def __init__(self, behaviour: str):
+    def __init__(self, behaviour: str, reply: bytes = b""):
         self.behaviour = behaviour
+        self.reply = reply
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
@@ -120,6 +122,10 @@ class RawServer:
             self.accepted += 1
             if self.behaviour == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            elif self.behaviour == "reply":
+                conn.recv(65536)
+                conn.sendall(self.reply)
                 conn.close()
             else:
                 self.held.append(conn)
