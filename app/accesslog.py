@@ -8,8 +8,8 @@ ship to ELK (README: "Access log"). Admin-port requests (probes) are not logged.
 
 from __future__ import annotations
 
-import json
 import time
+from json.encoder import encode_basestring_ascii
 
 from gunicorn.glogging import Logger
 
@@ -39,17 +39,46 @@ def entry(record: Record, environ: dict, response_bytes: int) -> dict:
     }
 
 
+def line(record: Record, environ: dict, response_bytes: int) -> str:
+    """``entry()`` as one compact JSON line, written out field by field.
+
+    The same text ``json.dumps(entry(...))`` gives (a test holds them equal),
+    in a quarter of the time: strings go through json's C escaper, numbers
+    are formatted directly.
+    """
+    get = environ.get
+    return (
+        f'{{"time":"{_iso(record.wall_time)}","request_id":{_str(record.request_id)},'
+        f'"client":{_str(get("REMOTE_ADDR"))},"method":{_str(get("REQUEST_METHOD"))},'
+        f'"uri":{_str(get("RAW_URI"))},"host":{_str(get("HTTP_HOST"))},'
+        f'"service":{_str(record.service)},"upstream":{_str(record.upstream)},'
+        f'"outcome":{_str(record.outcome)},"upstream_status":{_int(record.upstream_status)},'
+        f'"status":{_int(record.status)},"response_bytes":{response_bytes},'
+        f'"request_bytes":{record.bytes_in},"duration_ms":{_num(_ms(record.duration))},'
+        f'"connect_ms":{_num(_ms(record.connect_time))},'
+        f'"upstream_ms":{_num(_ms(record.upstream_time))},"retries":{record.retries}}}'
+    )
+
+
 class JsonAccessLogger(Logger):
     def access(self, resp, req, environ, request_time):
         record = environ.get(ENVIRON_KEY)
         if not self.access_log_enabled or record is None:
             return
         record.finish()
-        self.access_log.info(_encode(entry(record, environ, getattr(resp, "sent", 0))))
+        self.access_log.info(line(record, environ, getattr(resp, "sent", 0)))
 
 
-# One encoder for every line: json.dumps with non-default separators makes a new one each call.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+def _str(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _int(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _num(value: float | None) -> str:
+    return "null" if value is None else repr(value)
 
 
 def _ms(seconds: float | None) -> float | None:
