@@ -118,27 +118,20 @@ def mock():
     server.stop()
 
 
-def test_probe_answers_against_real_hosts(mock):
+def probe(mock_port: int, path: str, timeout: float = 0.5, port: int | None = None) -> bool:
+    """One health probe of ``127.0.0.1:port`` (the mock's, by default) on ``path``."""
     service = Service(
         name="s",
         domain="s.test",
-        hosts=(Host("127.0.0.1", mock.port),),
-        health_check=HealthCheck(path="/health?status=200", timeout=0.5),
+        hosts=(Host("127.0.0.1", mock_port),),
+        health_check=HealthCheck(path=path, timeout=timeout),
     )
     checker = HealthChecker(Health(service), make_session(1, 1), spawn=None)
-    assert checker.probe(Host("127.0.0.1", mock.port)) is True
-    bad = Service(
-        name="s",
-        domain="s.test",
-        hosts=(Host("127.0.0.1", mock.port),),
-        health_check=HealthCheck(path="/health?status=503", timeout=0.5),
-    )
-    assert HealthChecker(Health(bad), make_session(1, 1), None).probe(bad.hosts[0]) is False
-    assert checker.probe(Host("127.0.0.1", free_port())) is False
-    slow = Service(
-        name="s",
-        domain="s.test",
-        hosts=(Host("127.0.0.1", mock.port),),
-        health_check=HealthCheck(path="/?delay=2", timeout=0.3),
-    )
-    assert HealthChecker(Health(slow), make_session(1, 1), None).probe(slow.hosts[0]) is False
+    return checker.probe(Host("127.0.0.1", port or mock_port))
+
+
+def test_probe_answers_against_real_hosts(mock):
+    assert probe(mock.port, "/health?status=200") is True
+    assert probe(mock.port, "/health?status=503") is False
+    assert probe(mock.port, "/", port=free_port()) is False  # nothing listens
+    assert probe(mock.port, "/?delay=2", timeout=0.3) is False  # too slow
