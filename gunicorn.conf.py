@@ -23,7 +23,8 @@ bind = [
     f"{_config.listen.address}:{_config.listen.port}",
     f"{_config.admin.address}:{_config.admin.port}",  # health and status: app/admin.py
 ]
-worker_class = "gevent"
+# gunicorn's gevent worker, accepting in batches under load (app/worker.py).
+worker_class = "app.worker.GeventWorker"
 workers = settings.workers()
 # Below the concurrency a worker must hold, gunicorn starves connections silently.
 worker_connections = settings.worker_connections()

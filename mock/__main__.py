@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or f"mock-{args.port}"
     options = {
         "bind": f"{args.address}:{args.port}",
-        "worker_class": "gevent",
+        "worker_class": "app.worker.GeventWorker",  # the proxy's: batch accepts under load
         "workers": args.workers,
         "worker_connections": 2000,
         "keepalive": args.keepalive,
