@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 
-from app.config import Host
+from app.config import Host, Service
 from app.routing import Route, Router
 
 
@@ -39,6 +39,7 @@ class Admin:
         return _answer(start_response, "200 OK", b"ok\n")
 
     def readyz(self, start_response):
+        # A domain not served yet has no host marked out: only served ones can fail.
         empty = [
             route.service.name
             for route in self.router.routes.values()
@@ -54,28 +55,39 @@ class Admin:
 
     def status(self, start_response):
         services = [
-            {
-                "name": route.service.name,
-                "domain": route.service.domain,
-                "strategy": route.service.strategy,
-                "in_flight": route.balancer.total_in_flight,
-                "hosts": [host_status(route, host) for host in route.balancer.hosts],
-            }
-            for route in self.router.routes.values()
+            service_status(service, self.router.routes.get(domain))
+            for domain, service in self.router.services.items()
         ]
         body = json.dumps({"worker_pid": os.getpid(), "services": services}, indent=1).encode()
         return _answer(start_response, "200 OK", body + b"\n", "application/json")
 
 
-def host_status(route: Route, host: Host) -> dict:
-    state = route.health.states[host]
+def service_status(service: Service, route: Route | None) -> dict:
+    """What one worker knows of a service; ``route`` None: not served by it yet."""
+    return {
+        "name": service.name,
+        "domain": service.domain,
+        "strategy": service.strategy,
+        "in_flight": route.balancer.total_in_flight if route else 0,
+        "hosts": [host_status(route, host) for host in service.hosts],
+    }
+
+
+def host_status(route: Route | None, host: Host) -> dict:
+    if route is None:
+        ejected_for, down, in_flight, out = 0.0, False, 0, False
+    else:
+        state = route.health.states[host]
+        ejected_for = max(0.0, state.ejected_until - route.health.clock())
+        down, in_flight = state.active_down, route.balancer.in_flight[host]
+        out = host in route.health.out_of_rotation()
     return {
         "host": host.name,
         "weight": host.weight,
-        "in_rotation": host not in route.health.out_of_rotation(),
-        "ejected_for": round(max(0.0, state.ejected_until - route.health.clock()), 1),
-        "health_check": "down" if state.active_down else "up",
-        "in_flight": route.balancer.in_flight[host],
+        "in_rotation": not out,
+        "ejected_for": round(ejected_for, 1),
+        "health_check": "down" if down else "up",
+        "in_flight": in_flight,
     }
 
 

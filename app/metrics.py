@@ -94,6 +94,8 @@ class Metrics:
         self.client = None
         self.settings = settings
         self.counters: dict[str, int] = {}
+        self.active: set[str] = set()  # services with news since the last gauge report
+        self.reported: set[str] = set()  # services in the last gauge report
         self.timers: list[tuple[str, float]] = []
         self._scopes: dict[tuple[str | None, str | None], tuple[Scope, Scope | None]] = {}
         if settings is None:
@@ -120,6 +122,8 @@ class Metrics:
     def request_done(self, record: Record) -> None:
         if self.client is None:
             return
+        if record.service:
+            self.active.add(record.service)
         service, host = self._scopes_of(record.service, record.upstream)
         status_class = record.status // 100 if record.status else None
         for scope in (service, host) if host else (service,):
@@ -145,6 +149,7 @@ class Metrics:
 
     def health_event(self, service: str, host: str, event: str) -> None:
         if self.client is not None:
+            self.active.add(service)
             self._count(f"{safe(service)}.hosts.{safe(host)}.{event}")
 
     def flush(self) -> None:
@@ -160,14 +165,22 @@ class Metrics:
             pipe.timing(name, seconds * 1000)
         pipe.send()
 
-    def report_gauges(self, routes, pools) -> None:
+    def report_gauges(self, routes: dict, pools) -> None:
         """Per-worker gauges (in flight, hosts in rotation, idle pooled
-        connections), then everything collected."""
+        connections), then everything collected.
+
+        Only for the services that saw a request or a health event since the
+        last report, and once more after that (their values back at rest), so
+        the cost follows the traffic, not the number of domains: 10,000 idle
+        services cost nothing here. ``routes`` maps service names to routes.
+        """
         if self.client is None:
             return
+        active, self.active = self.active, set()
+        due, self.reported = active | self.reported, active
         pid = os.getpid()
         pipe = self.client.pipeline()
-        for route in routes:
+        for route in (routes[name] for name in due if name in routes):
             service = safe(route.service.name)
             pipe.gauge(f"{service}.in_flight.{pid}", route.balancer.total_in_flight)
             pipe.gauge(f"{service}.hosts_in_rotation.{pid}", len(route.health.in_rotation()))

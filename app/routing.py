@@ -5,12 +5,15 @@ with 3 domains or 10,000. Only configured domains are ever forwarded to:
 lbproxy is never an open proxy.
 
 A Route is everything one worker keeps for one service: its balancer, the
-health of its hosts, its retry budget and its circuit-breaker limits.
+health of its hosts, its retry budget and its circuit-breaker limits. It is
+made on the domain's first request, so a worker's memory follows the domains
+it serves, not the size of the config (10,000 domains, most of them idle).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from app.balancer import make_balancer
 from app.config import Host, ProxyConfig, Service
@@ -24,11 +27,17 @@ def worker_share(limit: int | None, workers: int) -> int | None:
     return None if limit is None else max(1, math.ceil(limit / workers))
 
 
+# A health event: (service name, host, event), for metrics.
+HealthEvents = Callable[[str, Host, str], None]
+
+
 class Route:
-    def __init__(self, service: Service, workers: int = 1):
+    def __init__(self, service: Service, workers: int = 1, on_health_event=None):
         self.service = service
         self.balancer = make_balancer(service)
         self.health = Health(service)
+        if on_health_event is not None:
+            self.health.on_event = lambda event, host: on_health_event(service.name, host, event)
         self.budget = RetryBudget(service.retry)
         self.max_in_flight = worker_share(service.max_in_flight, workers)
         self.max_in_flight_per_host = worker_share(service.max_in_flight_per_host, workers)
@@ -58,11 +67,20 @@ class Route:
 
 
 class Router:
-    def __init__(self, config: ProxyConfig, workers: int = 1):
-        self.routes = {service.domain: Route(service, workers) for service in config.services}
+    def __init__(self, config: ProxyConfig, workers: int = 1, on_health_event=None):
+        self.services = {service.domain: service for service in config.services}
+        self.routes: dict[str, Route] = {}  # the domains served so far
+        self.workers = workers
+        self.on_health_event: HealthEvents | None = on_health_event
 
     def route(self, domain: str) -> Route:
-        try:
-            return self.routes[domain]
-        except KeyError:
-            raise UnknownDomain(domain) from None
+        route = self.routes.get(domain)
+        if route is None:
+            service = self.services.get(domain)
+            if service is None:
+                raise UnknownDomain(domain)
+            route = self.routes[domain] = Route(service, self.workers, self.on_health_event)
+        return route
+
+    def by_name(self) -> dict[str, Route]:
+        return {route.service.name: route for route in self.routes.values()}

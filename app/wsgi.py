@@ -45,21 +45,20 @@ class Proxy:
         workers: int = 1,
     ):
         self.config = config
-        self.router = Router(config, workers)
+        self.router = Router(config, workers, self._health_event)
         self.admin = Admin(self.router)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(make_session(len(config.hosts), concurrency))
         self.metrics = Metrics(statsd_settings(config.statsd))
-        for route in self.router.routes.values():
-            route.health.on_event = self._health_event(route.service.name)
         self.checkers: list[HealthChecker] = []
 
     def start_background(self, spawn) -> None:
         """In a gevent worker: active health checks and the metrics gauges."""
         probe_session = make_session(len(self.config.hosts), 1)
-        for route in self.router.routes.values():
-            if route.service.health_check is not None:
+        for service in self.config.services:
+            if service.health_check is not None:
+                route = self.router.route(service.domain)
                 checker = HealthChecker(route.health, probe_session, spawn)
                 checker.start()
                 self.checkers.append(checker)
@@ -172,17 +171,14 @@ class Proxy:
         )
         return [body]
 
-    def _health_event(self, service: str):
-        def report(event: str, host) -> None:
-            self.metrics.health_event(service, host.name, event)
-
-        return report
+    def _health_event(self, service: str, host, event: str) -> None:
+        self.metrics.health_event(service, host.name, event)
 
     def _report_gauges(self) -> None:
         import gevent
 
         while True:
-            self.metrics.report_gauges(self.router.routes.values(), self.forwarder)
+            self.metrics.report_gauges(self.router.by_name(), self.forwarder)
             gevent.sleep(self.metrics.settings.interval)
 
 

@@ -132,7 +132,7 @@ def test_health_events_and_gauges(mocks, sink):
     assert datagram(sink) == {"lb.test.web_site.hosts.10_0_0_1_80.ejected": (2, "c")}
     request(proxy, "web.test")
     datagram(sink)
-    proxy.metrics.report_gauges(proxy.router.routes.values(), proxy.forwarder)
+    proxy.metrics.report_gauges(proxy.router.by_name(), proxy.forwarder)
     gauges = datagram(sink)
     pid = os.getpid()
     assert gauges[f"lb.test.web_site.in_flight.{pid}"] == (0, "g")
@@ -183,6 +183,28 @@ def environ_request(proxy):
     response = proxy(environ, lambda status, headers: statuses.append(status))
     b"".join(response)
     response.close()
+
+
+def test_gauges_follow_the_traffic_not_the_number_of_services(mocks, sink):
+    proxy = proxy_for(mocks, sink)
+    proxy.metrics.report_gauges(proxy.router.by_name(), proxy.forwarder)
+    with pytest.raises(TimeoutError):  # no traffic yet: no gauge at all
+        sink.settimeout(0.2)
+        sink.recv(65536)
+    sink.settimeout(2)
+    request(proxy, "web.test")
+    datagram(sink)
+    reports = []
+    for _ in range(3):
+        proxy.metrics.report_gauges(proxy.router.by_name(), proxy.forwarder)
+        sink.settimeout(0.2)
+        try:
+            reports.append(datagram(sink))
+        except TimeoutError:
+            reports.append({})
+    names = [{name.split(".")[2] for name in report} for report in reports]
+    # Reported after its request, once more at rest, then no longer; never "gone".
+    assert names == [{"web_site"}, {"web_site"}, set()]
 
 
 def test_settings_come_from_the_file_and_the_environment():

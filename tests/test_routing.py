@@ -80,3 +80,20 @@ def test_no_host_in_rotation_is_503_and_all_tried_is_none():
     route.health._refresh()
     with pytest.raises(NoHealthyHost):
         route.pick([])
+
+
+def test_a_route_is_made_on_its_domains_first_request():
+    router = Router(CONFIG)
+    assert router.routes == {}
+    route = router.route("b.test")
+    assert list(router.routes) == ["b.test"] and router.route("b.test") is route
+    assert router.by_name() == {"b": route}
+
+
+def test_routes_report_health_events_with_their_service():
+    events = []
+    router = Router(CONFIG, on_health_event=lambda *event: events.append(event))
+    route = router.route("a.test")
+    host = route.service.hosts[0]
+    route.health.on_event("ejected", host)
+    assert events == [("a", host, "ejected")]
