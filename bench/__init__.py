@@ -1,0 +1,12 @@
+"""lbproxy's benchmark: lbproxy against HAProxy, nginx, proxy.py and mitmdump.
+
+Run it with ``bench/run`` (or ``.venv/bin/python -m bench``); docs/bench.md says
+what it measures and how. Modules:
+
+  harness  the plan and the run: sessions, cases, measurement
+  peers    the upstream nginx and every peer: generated configs, start commands
+  procs    processes started (stopped by PID) and what /proc says about them
+  load     wrk and its report script (report.lua)
+  report   ratios, added latency, targets, markdown
+  sink     a counting StatsD stand-in for lbproxy's "features on" variants
+"""

@@ -1,0 +1,660 @@
+"""The run: plan the cases, start each peer once, load it with wrk, measure, stop.
+
+One session per peer: start it, wait until a request through it returns the
+1 KiB body, run its cases back to back, stop it by PID. Each case is a warm-up
+wrk run (discarded), then the measured wrk run, with the peer's CPU ticks read
+just before and just after it and its memory sampled every 0.5 s while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from bench import load, peers, procs, report
+from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
+
+REPO = peers.REPO
+INSTALL = REPO / "scripts" / "install" / "bench.sh"
+SECTIONS = ("main", "bodies", "concurrency", "domains")
+MAIN_CONNECTIONS = (1, 100, 400)
+SWEEP_CONNECTIONS = (1, 10, 100, 400, 1000)
+SWEEP_PEERS = ("haproxy", "lbproxy-2w")
+BODY_PEERS = ("direct", "haproxy", "lbproxy-2w")
+# Order of the sessions: the figures the targets compare (direct, HAProxy, lbproxy
+# 2 workers on) first, while the retry budget lasts; on/off and 3/10,000 domains
+# next to each other.
+ORDER = (
+    "direct",
+    "haproxy",
+    "lbproxy-2w",
+    "lbproxy-2w-10k",
+    "lbproxy-2w-off",
+    "lbproxy",
+    "lbproxy-1w",
+    "lbproxy-1w-off",
+    "nginx",
+    "proxypy",
+    "mitmdump",
+)
+FULL_PEERS = ORDER
+SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
+QUIET_PCT = 10.0  # "quiet": other processes use less than this % of the machine
+
+
+@dataclass
+class Options:
+    smoke: bool = False
+    duration: int = 4
+    warmup: int = 1
+    peers: tuple[str, ...] = FULL_PEERS
+    connections: tuple[int, ...] = MAIN_CONNECTIONS
+    sections: tuple[str, ...] = SECTIONS
+    out: Path = REPO / "bench" / "out"
+    install: bool = True
+    results: bool | None = None  # write bench/RESULTS.md; None: on a full run only
+    wait_quiet: int = 0
+    busy_retries: int = 0  # measure a case again when others used >= QUIET_PCT of the CPU
+    retry_wait: int = 60  # before each retry, wait up to this long for a quiet machine
+    budget: int = 1200  # seconds: no more waiting or retrying past this (the run completes)
+    on_env: dict[str, str] = field(default_factory=dict)
+    off_env: dict[str, str] = field(default_factory=dict)
+    keep: bool = False
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return (
+            not self.smoke
+            and set(self.peers) == set(FULL_PEERS)
+            and set(self.sections) == set(SECTIONS)
+            and tuple(self.connections) == MAIN_CONNECTIONS
+        )
+
+
+@dataclass(frozen=True)
+class Case:
+    section: str
+    connections: int
+    path: str = "/1k"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
+    """The sessions in run order, each with its cases in run order.
+
+    Within a session: the main cases up to 100 connections, then the larger
+    bodies at 100 (so memory per body size is read before the 400/1000
+    connection runs raise it), then the higher connection counts.
+    """
+    sections = set(options.sections)
+    sessions = []
+    for name in ORDER:
+        if name not in options.peers:
+            continue
+        peer = PEERS[name]
+        main = (
+            sorted(options.connections) if "main" in sections and name != "lbproxy-2w-10k" else []
+        )
+        low = [Case("main", c) for c in main if c <= 100]
+        high = [Case("main", c) for c in main if c > 100]
+        bodies = []
+        if "bodies" in sections and name in BODY_PEERS:
+            if 100 not in main:
+                bodies.append(Case("bodies", 100, "/1k"))
+            bodies += [Case("bodies", 100, path) for path in ("/100k", "/1m")]
+        sweep = []
+        if "concurrency" in sections and name in SWEEP_PEERS:
+            sweep = [Case("concurrency", c) for c in SWEEP_CONNECTIONS if c not in main]
+        domains = []
+        if "domains" in sections and name in ("lbproxy-2w", "lbproxy-2w-10k"):
+            domains = [Case("domains", 100)]
+        cases = low + bodies + high + sweep + domains
+        if cases:
+            sessions.append((peer, cases))
+    return sessions
+
+
+def estimate_seconds(options: Options) -> float:
+    cases = sum(len(cases) for _, cases in plan(options))
+    return cases * (options.duration + options.warmup + 0.6) + len(plan(options)) * 2.5 + 5
+
+
+# --- machine ---------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "loadavg_before": os.getloadavg(),
+        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+def _os_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    return platform.system()
+
+
+def versions(python_peers: bool) -> dict:
+    def first_line(args: list[str]) -> str:
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return (
+            (done.stdout + done.stderr).strip().splitlines()[0]
+            if done.stdout + done.stderr
+            else "?"
+        )
+
+    def word(line: str, index: int) -> str:
+        words = line.split()
+        return words[index] if len(words) > index else line
+
+    found = {
+        "wrk": word(first_line(["wrk", "--version"]), 1),  # wrk debian/4.1.0-3+b2 [epoll] ...
+        "haproxy": word(first_line(["/usr/sbin/haproxy", "-v"]), 2),  # HAProxy version 2.6...
+        "nginx": first_line(["/usr/sbin/nginx", "-v"]).rsplit("/", 1)[-1],  # nginx/1.22.1
+    }
+    for package in ("gunicorn", "gevent", "requests", "urllib3"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    if python_peers:
+        python = peers.PEERS_VENV / "bin" / "python"
+        code = (
+            "import importlib.metadata as m; print(m.version('proxy.py'), m.version('mitmproxy'))"
+        )
+        line = first_line([str(python), "-c", code]).split()
+        if len(line) == 2:
+            found["proxy.py"], found["mitmproxy"] = line
+    return found
+
+
+def cpu_seconds_self_and_children() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def foreign_load(seconds: float) -> float:
+    """CPU used by processes that are not the harness or its children, % of the machine."""
+    busy0 = procs.system_busy_ticks()
+    mine0 = cpu_seconds_self_and_children()
+    start = time.monotonic()
+    time.sleep(seconds)
+    busy1 = procs.system_busy_ticks()
+    elapsed = time.monotonic() - start
+    foreign = (busy1 - busy0) / procs.CLOCK_TICKS - (cpu_seconds_self_and_children() - mine0)
+    return max(0.0, 100.0 * foreign / (elapsed * (os.cpu_count() or 1)))
+
+
+def wait_for_quiet(limit: int) -> dict:
+    """Sample the machine's other load; wait (up to limit s) until it is below QUIET_PCT."""
+    deadline = time.monotonic() + limit
+    samples = [round(foreign_load(2.0), 1)]
+
+    def quiet() -> bool:
+        # Two samples in a row (5 s) below QUIET_PCT when waiting: load comes in bursts.
+        return all(sample < QUIET_PCT for sample in samples[-2:])
+
+    while limit > 0 and time.monotonic() < deadline and not (len(samples) > 1 and quiet()):
+        if samples[-1] >= QUIET_PCT:
+            print(f"bench: machine busy ({samples[-1]}% CPU used by others), waiting", flush=True)
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        samples.append(round(foreign_load(3.0), 1))
+    return {"foreign_cpu_pct_samples": samples[-20:], "quiet": quiet()}
+
+
+def raise_nofile(needed: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, 65536))
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < needed:
+        print(f"bench: warning: ulimit -n is {soft}, below the {needed} this run needs")
+    return soft
+
+
+def install(python_peers: bool) -> None:
+    args = ["bash", str(INSTALL)] + ([] if python_peers else ["--apt-only"])
+    subprocess.run(args, check=True, timeout=900)
+
+
+def check_tools(python_peers: bool) -> None:
+    needed = [Path("/usr/sbin/haproxy"), Path("/usr/sbin/nginx"), peers.LBPROXY_GUNICORN]
+    if python_peers:
+        needed += [peers.PEERS_VENV / "bin" / "proxy", peers.PEERS_VENV / "bin" / "mitmdump"]
+    missing = [str(path) for path in needed if not path.exists()]
+    if not shutil.which("wrk"):
+        missing.append("wrk")
+    if missing:
+        raise SystemExit(
+            f"bench: missing {', '.join(missing)}: run scripts/install/bench.sh "
+            "(and scripts/setup for .venv), or drop --no-install"
+        )
+
+
+# --- the run ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetch(port: int, path: str = "/1k", timeout: float = 2.0) -> tuple[int, int]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"Host": BENCH_DOMAIN})
+        response = connection.getresponse()
+        return response.status, len(response.read())
+    finally:
+        connection.close()
+
+
+def wait_ready(process: procs.Process, port: int, processes: int = 1, timeout: float = 60.0):
+    """Until a request through the peer returns the 1 KiB body and its processes are up."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not process.running():
+            raise StartError(
+                f"{process.name} exited ({process.popen.returncode}):\n" + process.log_tail()
+            )
+        try:
+            status, size = fetch(port)
+            if status == 200 and size == BODIES["/1k"] and len(process.pids()) >= processes:
+                return
+            last = f"HTTP {status}, {size} bytes"
+        except (OSError, http.client.HTTPException) as error:
+            last = str(error)
+        time.sleep(0.1)
+    raise StartError(
+        f"{process.name} not ready in {timeout:.0f} s ({last}):\n" + process.log_tail()
+    )
+
+
+class Runner:
+    def __init__(self, options: Options):
+        self.options = options
+        self.procs = procs.Processes()
+        self.tmp = Path(tempfile.mkdtemp(prefix="lbproxy-bench-"))
+        self.tmp.chmod(0o755)
+        self.upstream: procs.Process | None = None
+        self.upstream_port = 0
+        self.upstream_notes: dict = {}
+        self.rows: list[dict] = []
+        self.sessions: list[dict] = []
+        self.deadline = time.monotonic() + options.budget
+
+    def log(self, message: str) -> None:
+        print(f"bench: {message}", flush=True)
+
+    def start_upstream(self) -> None:
+        self.upstream_port = free_port()
+        launch = peers.upstream(self.tmp / "upstream", self.upstream_port)
+        self.upstream = self.procs.start(
+            "upstream", launch.args, self.tmp / "upstream.log", launch.env, None, launch.stop_signal
+        )
+        self.upstream_notes = {"command": launch.command(), **launch.notes}
+        wait_ready(self.upstream, self.upstream_port, processes=2)
+        for path, size in BODIES.items():
+            status, got = fetch(self.upstream_port, path)
+            if (status, got) != (200, size):
+                raise StartError(f"upstream {path}: HTTP {status}, {got} bytes (want {size})")
+        self.log(f"upstream nginx on 127.0.0.1:{self.upstream_port}")
+
+    def run_session(self, peer: Peer, cases: list[Case]) -> None:
+        session: dict = {"peer": peer.name, "label": peer.label, "kind": peer.kind}
+        self.sessions.append(session)
+        home = self.tmp / peer.name
+        sink = None
+        process = None
+        try:
+            if peer.kind == "direct":
+                port, process = self.upstream_port, self.upstream
+                session["command"] = "(no proxy: wrk to the upstream nginx)"
+            else:
+                port = free_port()
+                extra = {
+                    "admin_port": free_port(),
+                    "statsd_port": free_port(),
+                    "on_env": self.options.on_env,
+                    "off_env": self.options.off_env,
+                }
+                launch = peers.launch(peer, home, port, self.upstream_port, extra)
+                session["command"] = launch.command()
+                session["notes"] = launch.notes
+                if peer.kind == "lbproxy" and peer.features:
+                    sink = self.procs.start(
+                        "statsd-sink",
+                        peers.sink_args(extra["statsd_port"], home / "statsd.json"),
+                        home / "sink.log",
+                        cwd=REPO,
+                    )
+                started = time.monotonic()
+                process = self.procs.start(
+                    peer.name, launch.args, self.tmp / f"{peer.name}.log",
+                    launch.env, launch.cwd, launch.stop_signal,
+                )  # fmt: skip
+                expected = 1
+                if peer.kind == "lbproxy":
+                    expected = 1 + (peer.workers or os.cpu_count() or 1)
+                elif peer.kind == "nginx":
+                    expected = 3
+                wait_ready(process, port, expected)
+                session["start_s"] = round(time.monotonic() - started, 2)
+            session["processes"] = len(process.pids())
+            self.log(f"{peer.label}: {session['command']}")
+            for case in cases:
+                try:
+                    row = self.measure_quietly(peer, process, port, case, sink)
+                except (ValueError, OSError, subprocess.SubprocessError) as error:
+                    # wrk failed (no report line): note it, go on with the next case.
+                    text = f"{case.section} {case.path} c={case.connections}: {error}"
+                    session.setdefault("case_errors", []).append(text)
+                    self.log(f"  FAILED {text}")
+                    continue
+                self.rows.append(row)
+                cpu = row["cpu_us_per_req"] or 0.0
+                self.log(
+                    f"  {case.section:<11} {case.path:>5} c={case.connections:<4} "
+                    f"{row['rps']:>9.0f} req/s  p50 {row['latency_us']['p50'] / 1000:.2f} ms  "
+                    f"p99 {row['latency_us']['p99'] / 1000:.2f} ms  cpu {cpu:.0f} us/req  "
+                    f"rss {row['rss_kib'] / 1024:.0f} MiB  err {row['errors_total']}"
+                    f"+{row['errors']['timeout']}t"
+                )
+        except StartError as error:
+            session["error"] = str(error)
+            self.log(f"{peer.label}: FAILED: {error}")
+        finally:
+            if process is not None and process is not self.upstream:
+                self.procs.stop(process)
+            if sink is not None:
+                self.procs.stop(sink)
+                session["features"] = features_seen(home, peer)
+
+    def measure_quietly(self, peer, process, port, case: Case, sink) -> dict:
+        """Measure; if other processes took >= QUIET_PCT of the CPU, wait and measure again.
+
+        Keeps the attempt with the least foreign CPU; bounded by busy_retries,
+        retry_wait and the run's budget.
+        """
+        options = self.options
+        row = self.measure(peer, process, port, case, sink)
+        attempts = [row["foreign_cpu_pct"]]
+        while (
+            row["foreign_cpu_pct"] >= QUIET_PCT
+            and len(attempts) <= options.busy_retries
+            and time.monotonic() < self.deadline
+        ):
+            self.log(f"  busy ({attempts[-1]}% CPU used by others): measuring again")
+            wait_for_quiet(int(min(options.retry_wait, max(0, self.deadline - time.monotonic()))))
+            again = self.measure(peer, process, port, case, sink)
+            attempts.append(again["foreign_cpu_pct"])
+            if again["foreign_cpu_pct"] < row["foreign_cpu_pct"]:
+                row = again
+        row["attempts_foreign_cpu_pct"] = attempts
+        return row
+
+    def measure(self, peer, process, port, case: Case, sink) -> dict:
+        options = self.options
+        assert self.upstream is not None
+        if options.warmup > 0:
+            self.wrk(load.Load(port, case.path, case.connections, options.warmup))
+        is_direct = process is self.upstream
+        pids = process.pids()
+        up_pids = self.upstream.pids()
+        sink_pids = sink.pids() if sink else []
+        cpu0 = procs.cpu_ticks(pids)
+        up0 = procs.cpu_ticks(up_pids)
+        sink0 = procs.cpu_ticks(sink_pids)
+        busy0 = procs.system_busy_ticks()
+        mine0 = cpu_seconds_self_and_children()
+        started = time.monotonic()
+        spec = load.Load(port, case.path, case.connections, options.duration)
+        wrk = load.start(spec, self.tmp / "wrk.log")
+        rss = pss = peak = 0
+        count = len(pids)
+        try:
+            deadline = started + options.duration + 20
+            while wrk.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    wrk.wait(0.5)
+                if wrk.poll() is None:
+                    pids = process.pids()
+                    rss, pss = procs.memory_kib(pids)
+                    peak = max(peak, rss)
+                    count = len(pids)
+            output, _ = wrk.communicate(timeout=5)
+        finally:
+            if wrk.poll() is None:
+                os.kill(wrk.pid, signal.SIGKILL)
+                wrk.wait()
+        elapsed = time.monotonic() - started
+        cpu = (procs.cpu_ticks(process.pids()) - cpu0) / procs.CLOCK_TICKS
+        up_cpu = (procs.cpu_ticks(self.upstream.pids()) - up0) / procs.CLOCK_TICKS
+        sink_cpu = (procs.cpu_ticks(sink_pids) - sink0) / procs.CLOCK_TICKS
+        busy = (procs.system_busy_ticks() - busy0) / procs.CLOCK_TICKS
+        mine = cpu_seconds_self_and_children() - mine0
+        foreign = busy - mine - (0 if is_direct else cpu) - up_cpu - sink_cpu
+        result = load.parse(output)
+        if not rss:  # a very short run: sample once now
+            rss, pss = procs.memory_kib(process.pids())
+            peak = rss
+        requests = result["requests"]
+        errors = result["errors"]
+        return {
+            "section": case.section,
+            "peer": peer.name,
+            "label": peer.label,
+            "connections": case.connections,
+            "path": case.path,
+            "body_bytes": BODIES[case.path],
+            "duration_s": options.duration,
+            **result,
+            "errors_total": errors["status"] + errors["connect"] + errors["read"] + errors["write"],
+            "cpu_s": round(cpu, 3),
+            "cpu_us_per_req": cpu * 1e6 / requests if requests else None,
+            "cpu_is_upstream": is_direct,
+            "upstream_cpu_us_per_req": up_cpu * 1e6 / requests if requests else None,
+            "rss_kib": rss,
+            "pss_kib": pss,
+            "rss_kib_peak": peak,
+            "processes": count,
+            "elapsed_s": round(elapsed, 2),
+            "foreign_cpu_pct": round(
+                max(0.0, 100 * foreign / (elapsed * (os.cpu_count() or 1))), 1
+            ),
+        }
+
+    def wrk(self, spec: load.Load) -> dict:
+        process = load.start(spec, self.tmp / "wrk.log")
+        try:
+            output, _ = process.communicate(timeout=spec.seconds + 20)
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        return load.parse(output)
+
+
+def features_seen(home: Path, peer: Peer) -> dict:
+    """Whether the "on" variant really emitted metrics and wrote a (JSON) access log."""
+    seen: dict = {"statsd_datagrams": None, "access_log_lines": 0, "access_log_json": False}
+    with contextlib.suppress(OSError, ValueError):
+        counts = json.loads((home / "statsd.json").read_text())
+        seen["statsd_datagrams"] = counts["datagrams"]
+        seen["statsd_sample"] = counts["sample"][:3]
+    with contextlib.suppress(OSError):
+        with open(home / "access.log", errors="replace") as log:
+            first = log.readline()
+            seen["access_log_lines"] = (1 if first else 0) + sum(1 for _ in log)
+        seen["access_log_sample"] = first.strip()[:300]
+        with contextlib.suppress(ValueError):
+            seen["access_log_json"] = isinstance(json.loads(first), dict)
+    seen["metrics"] = bool(seen["statsd_datagrams"])
+    seen["realised"] = seen["metrics"] and seen["access_log_json"]
+    return seen
+
+
+def run(options: Options) -> dict:
+    sessions = plan(options)
+    python_peers = any(peer.python for peer, _ in sessions)
+    if options.install:
+        install(python_peers)
+    check_tools(python_peers)
+    most = max((c.connections for _, cases in sessions for c in cases), default=1)
+    nofile = raise_nofile(2 * most + 256)
+    data: dict = {
+        "schema": 1,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "bench " + " ".join(options.argv),
+        "mode": "smoke" if options.smoke else ("full" if options.full else "partial"),
+        "options": {
+            "duration_s": options.duration,
+            "warmup_s": options.warmup,
+            "peers": list(options.peers),
+            "connections": list(options.connections),
+            "sections": list(options.sections),
+            "wrk": "-t2 (-t1 at 1 connection), --timeout 2s, keep-alive, Host: " + BENCH_DOMAIN,
+            "wait_quiet_s": options.wait_quiet,
+            "busy_retries": options.busy_retries,
+            "retry_wait_s": options.retry_wait,
+            "budget_s": options.budget,
+        },
+        "machine": machine() | {"nofile_limit": nofile},
+        "versions": versions(python_peers),
+    }
+    data["load_before"] = wait_for_quiet(options.wait_quiet)
+    runner = Runner(options)
+    data["tmp"] = str(runner.tmp)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    try:
+        runner.start_upstream()
+        for peer, cases in sessions:
+            runner.run_session(peer, cases)
+    except KeyboardInterrupt:
+        data["interrupted"] = True
+        runner.log("interrupted: stopping every process started")
+    except Exception as error:
+        data["error"] = f"{type(error).__name__}: {error}"
+        runner.log(f"error: {data['error']}")
+    finally:
+        # A second Ctrl-C must not cut the cleanup short.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            runner.procs.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, previous)
+        data["elapsed_s"] = round(time.monotonic() - started, 1)
+        data["machine"]["loadavg_after"] = os.getloadavg()
+        data["results"] = runner.rows
+        data["sessions"] = runner.sessions
+        data["upstream"] = runner.upstream_notes
+        data["processes"] = [
+            {"pid": s.pid, "started": s.started, "name": s.name} for s in runner.procs.record
+        ]
+        data["survivors"] = [s.pid for s in runner.procs.survivors()]
+        if options.keep:
+            data["kept"] = str(runner.tmp)
+        else:
+            shutil.rmtree(runner.tmp, ignore_errors=True)
+    report.derive(data)
+    return data
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def write(data: dict, options: Options) -> dict[str, Path]:
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    prefix = "smoke" if options.smoke else "bench"
+    paths = {"json": out / f"{prefix}-{stamp}.json", "md": out / f"{prefix}-{stamp}.md"}
+    paths["json"].write_text(json.dumps(data, indent=1) + "\n")
+    paths["md"].write_text(report.markdown(data))
+    for kind, path in list(paths.items()):
+        latest = out / f"latest.{kind}"
+        shutil.copyfile(path, latest)
+    write_results = options.full if options.results is None else options.results
+    if write_results and not data.get("interrupted") and not data.get("error"):
+        paths["results"] = REPO / "bench" / "RESULTS.md"
+        paths["results"].write_text(report.results_md(data))
+    return paths
+
+
+def render(source: Path, options: Options) -> dict[str, Path]:
+    """Markdown (and RESULTS.md with --results) again from a run's JSON, with this code."""
+    data = json.loads(source.read_text())
+    report.derive(data)
+    paths = {"md": source.with_suffix(".md")}
+    paths["md"].write_text(report.markdown(data))
+    if options.results:
+        if data.get("mode") != "full" or data.get("interrupted") or data.get("error"):
+            raise SystemExit(f"bench: {source} is not a complete full run: RESULTS.md unchanged")
+        paths["results"] = REPO / "bench" / "RESULTS.md"
+        paths["results"].write_text(report.results_md(data))
+    return paths
+
+
+def main(options: Options) -> int:
+    print(
+        f"bench: {len(plan(options))} sessions, about {estimate_seconds(options):.0f} s",
+        flush=True,
+    )
+    data = run(options)
+    paths = write(data, options)
+    print(report.markdown(data, brief=True))
+    for kind, path in paths.items():
+        print(f"bench: {kind}: {path}")
+    if data["survivors"]:
+        print(f"bench: processes left running: {data['survivors']}", file=sys.stderr)
+        return 1
+    if data.get("interrupted"):
+        return 130
+    failed = [s["peer"] for s in data["sessions"] if s.get("error") or s.get("case_errors")]
+    if data.get("error") or failed:
+        print(f"bench: failed: {data.get('error') or ', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

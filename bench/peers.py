@@ -1,0 +1,276 @@
+"""The upstream and every peer: generated configs and start commands.
+
+All of them listen on 127.0.0.1 on free ports, keep their configs, logs, pid
+files and temp files in the run's temp dir, and never touch /etc/nginx,
+/etc/haproxy or a system service.
+
+  upstream   nginx, 1 worker, serving static files /1k, /100k, /1m (sendfile)
+  direct     the client straight to the upstream
+  haproxy    HAProxy, nbthread 2, keep-alive to the upstream (its default http-reuse safe)
+  nginx      nginx, 2 workers, proxy_pass to an upstream block with keepalive 128
+  proxypy    proxy.py --threaded, 2 acceptors, reverse proxy (bench/plugins/bench_proxypy.py)
+  mitmdump   mitmdump --mode reverse:http://upstream -q
+  lbproxy*   gunicorn -c gunicorn.conf.py from the repo root (PROXY_CONFIG, PROXY_WORKERS)
+
+No peer writes an access log except lbproxy in its "features on" variants,
+which also sends StatsD metrics (to bench/sink.py) when the build supports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS_VENV = REPO / "bench" / ".venv-peers"
+PLUGINS = REPO / "bench" / "plugins"
+LBPROXY_GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
+
+BODIES = {"/1k": 1024, "/100k": 100 * 1024, "/1m": 1024 * 1024}
+BENCH_DOMAIN = "bench.test"
+
+# Environment variables lbproxy's observability reads (issue 5); cleared for "off".
+FEATURE_ENV = ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX", "GUNICORN_CMD_ARGS")
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    label: str
+    kind: str  # direct, haproxy, nginx, proxypy, mitmdump, lbproxy
+    workers: int | None = None  # lbproxy: PROXY_WORKERS (None: its default, one per CPU)
+    features: bool = False  # lbproxy: metrics + access log on
+    domains: int = 3  # lbproxy: services in proxy.yaml
+    python: bool = False  # needs bench/.venv-peers
+
+
+PEERS = {
+    peer.name: peer
+    for peer in (
+        Peer("direct", "direct to upstream", "direct"),
+        Peer("haproxy", "HAProxy (nbthread 2)", "haproxy"),
+        Peer("nginx", "nginx (2 workers)", "nginx"),
+        Peer("proxypy", "proxy.py (--threaded, 2 acceptors)", "proxypy", python=True),
+        Peer("mitmdump", "mitmdump (reverse)", "mitmdump", python=True),
+        Peer("lbproxy", f"lbproxy default ({os.cpu_count()} workers), on", "lbproxy", None, True),
+        Peer("lbproxy-1w", "lbproxy 1 worker, on", "lbproxy", 1, True),
+        Peer("lbproxy-2w", "lbproxy 2 workers, on", "lbproxy", 2, True),
+        Peer("lbproxy-1w-off", "lbproxy 1 worker, off", "lbproxy", 1, False),
+        Peer("lbproxy-2w-off", "lbproxy 2 workers, off", "lbproxy", 2, False),
+        Peer("lbproxy-2w-10k", "lbproxy 2 workers, on, 10,000 domains", "lbproxy", 2, True, 10_000),
+    )
+}
+
+
+@dataclass
+class Launch:
+    """What to start for a peer, and what to tell about it."""
+
+    args: list[str]
+    env: dict[str, str]
+    stop_signal: int = signal.SIGTERM
+    cwd: Path | None = None
+    notes: dict = field(default_factory=dict)
+
+    def command(self) -> str:
+        shown = {k: v for k, v in self.env.items() if os.environ.get(k) != v}
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(shown.items()))
+        return (prefix + " " if prefix else "") + shlex.join(self.args)
+
+
+def write_bodies(www: Path) -> None:
+    www.mkdir(parents=True, exist_ok=True)
+    for path, size in BODIES.items():
+        (www / path.lstrip("/")).write_bytes(b"x" * size)
+
+
+def _nginx_common(home: Path) -> str:
+    temp = "\n".join(
+        f"    {kind}_temp_path {home}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""daemon off;
+master_process on;
+pid {home}/nginx.pid;
+error_log {home}/error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+{temp}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+"""
+
+
+def nginx_args(home: Path, conf: Path) -> list[str]:
+    return ["/usr/sbin/nginx", "-p", f"{home}/", "-e", f"{home}/error.log", "-c", str(conf)]
+
+
+def upstream(home: Path, port: int) -> Launch:
+    home.mkdir(parents=True, exist_ok=True)
+    www = home / "www"
+    write_bodies(www)
+    for path in (home, www):
+        path.chmod(0o755)  # nginx workers run as www-data when started as root
+    conf = home / "nginx.conf"
+    conf.write_text(
+        "worker_processes 1;\n"
+        + _nginx_common(home)
+        + f"""    open_file_cache max=16;
+    open_file_cache_valid 1h;
+    server {{
+        listen 127.0.0.1:{port} default_server backlog=4096;
+        root {www};
+    }}
+}}
+"""
+    )
+    notes = {"config": conf.read_text()}
+    return Launch(nginx_args(home, conf), dict(os.environ), signal.SIGTERM, notes=notes)
+
+
+def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -> Launch:
+    """The start command of a proxy peer listening on port, forwarding to upstream_port."""
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o755)
+    env = dict(os.environ)
+    target = f"http://127.0.0.1:{upstream_port}"
+    if peer.kind == "haproxy":
+        conf = home / "haproxy.cfg"
+        conf.write_text(
+            f"""global
+    nbthread 2
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 15s
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend upstream
+backend upstream
+    server nginx 127.0.0.1:{upstream_port}
+"""
+        )
+        args = ["/usr/sbin/haproxy", "-db", "-f", str(conf)]
+        return Launch(args, env, signal.SIGTERM, notes={"config": conf.read_text()})
+    if peer.kind == "nginx":
+        conf = home / "nginx.conf"
+        conf.write_text(
+            "worker_processes 2;\n"
+            + _nginx_common(home)
+            + f"""    upstream bench {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} default_server backlog=4096;
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+        )
+        return Launch(
+            nginx_args(home, conf), env, signal.SIGTERM, notes={"config": conf.read_text()}
+        )
+    if peer.kind in ("proxypy", "mitmdump"):
+        env["HOME"] = str(home)  # they write their dirs (~/.proxy, ~/.mitmproxy) under $HOME
+    if peer.kind == "proxypy":
+        env["PYTHONPATH"] = str(PLUGINS)
+        env["BENCH_UPSTREAM"] = target
+        args = [
+            str(PEERS_VENV / "bin" / "proxy"),
+            "--hostname", "127.0.0.1",
+            "--port", str(port),
+            "--threaded",
+            "--num-acceptors", "2",
+            "--enable-reverse-proxy",
+            "--plugins", "bench_proxypy.BenchReverseProxy",
+            "--log-level", "WARNING",
+        ]  # fmt: skip
+        return Launch(args, env, signal.SIGINT)
+    if peer.kind == "mitmdump":
+        args = [
+            str(PEERS_VENV / "bin" / "mitmdump"),
+            "--mode", f"reverse:{target}",
+            "--listen-host", "127.0.0.1",
+            "--listen-port", str(port),
+            "--set", f"confdir={home}/mitmproxy",
+            "-q",
+        ]  # fmt: skip
+        return Launch(args, env, signal.SIGINT)
+    if peer.kind == "lbproxy":
+        return lbproxy(peer, home, port, upstream_port, env, extra)
+    raise ValueError(f"unknown peer kind {peer.kind}")
+
+
+def lbproxy_config(port: int, admin_port: int, upstream_port: int, domains: int) -> dict:
+    host = {"address": "127.0.0.1", "port": upstream_port}
+    services = [{"name": "bench", "domain": BENCH_DOMAIN, "hosts": [host]}]
+    services += [
+        {"name": f"svc{i:05d}", "domain": f"svc{i:05d}.{BENCH_DOMAIN}", "hosts": [host]}
+        for i in range(1, domains)
+    ]
+    return {
+        "proxy": {
+            "listen": {"address": "127.0.0.1", "port": port},
+            "admin": {"address": "127.0.0.1", "port": admin_port},
+            "services": services,
+        }
+    }
+
+
+def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, extra: dict):
+    config = home / "proxy.yaml"
+    document = lbproxy_config(port, extra["admin_port"], upstream_port, peer.domains)
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    for key in FEATURE_ENV:
+        env.pop(key, None)
+    env["PROXY_CONFIG"] = str(config)
+    if peer.workers is None:
+        env.pop("PROXY_WORKERS", None)
+    else:
+        env["PROXY_WORKERS"] = str(peer.workers)
+    notes = {"domains": peer.domains, "variant": "on" if peer.features else "off"}
+    if peer.domains <= 3:
+        notes["config"] = config.read_text()
+    if peer.features:
+        access_log = home / "access.log"
+        variant = {
+            "STATSD_HOST": "127.0.0.1",
+            "STATSD_PORT": str(extra["statsd_port"]),
+            "GUNICORN_CMD_ARGS": f"--access-logfile {access_log}",
+        }
+        variant.update(extra.get("on_env", {}))
+        notes["access_log"] = str(access_log)
+    else:
+        variant = dict(extra.get("off_env", {}))
+    env.update(variant)
+    notes["variant_env"] = variant
+    args = [str(LBPROXY_GUNICORN), "-c", "gunicorn.conf.py"]
+    # SIGINT: gunicorn's quick shutdown (the load has ended; nothing is in flight).
+    return Launch(args, env, signal.SIGINT, cwd=REPO, notes=notes)
+
+
+def sink_args(port: int, report: Path) -> list[str]:
+    return [sys.executable, "-m", "bench.sink", str(port), str(report)]

@@ -1,0 +1,421 @@
+"""Derived figures (ratios, added latency, targets) and the markdown tables."""
+
+from __future__ import annotations
+
+MIB = 1024  # the memory figures are in KiB
+
+# Issue 9's targets for lbproxy with every feature on, 2 workers.
+TARGETS = {
+    "ratio_100": ("≥ 10% of HAProxy's requests/s at 100 connections", 0.10),
+    "cpu_100": ("≤ 300 µs CPU per request (100 connections)", 300.0),
+    "added_p50": ("≤ 0.3 ms added p50 at 1 connection", 0.3),
+    "rss": ("≤ 90 MiB RSS, master + 2 workers, under load", 90.0),
+    "errors_400": ("zero errors or timeouts at 400 connections", 0),
+}
+TARGET_PEER = "lbproxy-2w"
+NOT_REALISED = " †"  # an "on" variant whose build did not emit metrics or a JSON access log
+
+
+def _find(rows, peer, connections, path="/1k"):
+    """The row of peer at connections and path: main first, then any section."""
+    matches = [
+        row
+        for row in rows
+        if row["peer"] == peer and row["connections"] == connections and row["path"] == path
+    ]
+    matches.sort(key=lambda row: row["section"] != "main")
+    return matches[0] if matches else None
+
+
+def derive(data: dict) -> None:
+    rows = data.get("results", [])
+    for row in rows:
+        haproxy = _find(rows, "haproxy", row["connections"], row["path"])
+        row["ratio_haproxy"] = row["rps"] / haproxy["rps"] if haproxy and haproxy["rps"] else None
+    direct = _find(rows, "direct", 1)
+    summary = {}
+    for session in data.get("sessions", []):
+        name = session["peer"]
+        mine = [row for row in rows if row["peer"] == name]
+        if not mine:
+            continue
+        one, hundred, four = _find(rows, name, 1), _find(rows, name, 100), _find(rows, name, 400)
+        entry = {
+            "p50_1_ms": one["latency_us"]["p50"] / 1000 if one else None,
+            "added_p50_ms": (
+                (one["latency_us"]["p50"] - direct["latency_us"]["p50"]) / 1000
+                if one and direct and name != "direct"
+                else None
+            ),
+            "rps_100": hundred["rps"] if hundred else None,
+            "ratio_100": hundred["ratio_haproxy"] if hundred else None,
+            "cpu_100": hundred["cpu_us_per_req"] if hundred else None,
+            "rss_max_mib": max(row["rss_kib"] for row in mine) / MIB,
+            "pss_max_mib": max(row["pss_kib"] for row in mine) / MIB,
+            "errors_400": (four["errors_total"] + four["errors"]["timeout"]) if four else None,
+        }
+        summary[name] = entry
+    data["summary"] = summary
+    data["targets"] = targets(data)
+
+
+def targets(data: dict) -> list[dict]:
+    entry = data["summary"].get(TARGET_PEER)
+    if not entry:
+        return []
+    main_rows = [r for r in data["results"] if r["peer"] == TARGET_PEER and r["section"] == "main"]
+    rss = max((r["rss_kib"] for r in main_rows), default=0) / MIB
+    figures = {
+        "ratio_100": entry["ratio_100"],
+        "cpu_100": entry["cpu_100"],
+        "added_p50": entry["added_p50_ms"],
+        "rss": rss or None,
+        "errors_400": entry["errors_400"],
+    }
+    shown = {
+        "ratio_100": lambda v: f"{v:.1%}",
+        "cpu_100": lambda v: f"{v:.0f} µs",
+        "added_p50": lambda v: f"{v:+.3f} ms",
+        "rss": lambda v: f"{v:.0f} MiB",
+        "errors_400": lambda v: f"{v}",
+    }
+    out = []
+    for key, (text, limit) in TARGETS.items():
+        value = figures[key]
+        if value is None:
+            met = None
+        elif key == "ratio_100":
+            met = value >= limit
+        else:
+            met = value <= limit
+        out.append(
+            {
+                "target": text,
+                "figure": shown[key](value) if value is not None else "not measured",
+                "met": met,
+            }
+        )
+    out.append(
+        {
+            "target": "memory flat (< 5% growth) across a 10-minute run",
+            "figure": "not measured here (the bench is bounded to minutes)",
+            "met": None,
+        }
+    )
+    return out
+
+
+# --- formatting ---------------------------------------------------------------
+
+
+def _ms(us: float | None) -> str:
+    if us is None:
+        return "–"
+    ms = us / 1000
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}" if value < 10 else f"{value:.0%}"
+
+
+def _label(data: dict, name: str) -> str:
+    for session in data.get("sessions", []):
+        if session["peer"] == name:
+            label = session["label"]
+            seen = session.get("features")
+            if seen and not seen.get("realised"):
+                label += NOT_REALISED
+            return label
+    return name
+
+
+def _errors(row: dict) -> str:
+    return f"{row['errors_total']:,}"
+
+
+def _cpu(row: dict) -> str:
+    value = _num(row["cpu_us_per_req"])
+    return value + " (upstream)" if row.get("cpu_is_upstream") else value
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return out
+
+
+def _peer_order(data: dict) -> list[str]:
+    return [session["peer"] for session in data.get("sessions", [])]
+
+
+def main_table(data: dict) -> list[str]:
+    rows = [r for r in data["results"] if r["section"] == "main"]
+    order = _peer_order(data)
+    rows.sort(key=lambda r: (r["connections"], order.index(r["peer"])))
+    lines = [
+        [
+            _label(data, r["peer"]),
+            str(r["connections"]),
+            _num(r["rps"]),
+            _pct(r["ratio_haproxy"]),
+            _ms(r["latency_us"]["p50"]),
+            _ms(r["latency_us"]["p99"]),
+            _errors(r),
+            f"{r['errors']['timeout']:,}",
+            _cpu(r),
+            _num(r["upstream_cpu_us_per_req"]),
+            _num(r["rss_kib"] / MIB, 1),
+            _num(r["pss_kib"] / MIB, 1),
+            str(r["processes"]),
+            _num(r["foreign_cpu_pct"]),
+        ]
+        for r in rows
+    ]
+    header = [
+        "configuration", "conns", "req/s", "vs HAProxy", "p50 ms", "p99 ms", "errors",
+        "timeouts", "CPU µs/req", "upstream µs/req", "RSS MiB", "PSS MiB", "procs",
+        "other CPU %",
+    ]  # fmt: skip
+    return _table(header, lines)
+
+
+def latency_table(data: dict) -> list[str]:
+    lines = []
+    for name in _peer_order(data):
+        entry = data["summary"].get(name)
+        if entry and entry["p50_1_ms"] is not None:
+            added = entry["added_p50_ms"]
+            lines.append(
+                [
+                    _label(data, name),
+                    f"{entry['p50_1_ms']:.3f}",
+                    "–" if added is None else f"{added:+.3f}",
+                ]
+            )
+    return _table(["configuration", "p50 at 1 conn, ms", "added vs direct, ms"], lines)
+
+
+def bodies_table(data: dict) -> list[str]:
+    rows = data["results"]
+    lines = []
+    for name in _peer_order(data):
+        if not any(r["peer"] == name and r["section"] == "bodies" for r in rows):
+            continue
+        for path in ("/1k", "/100k", "/1m"):
+            row = _find(rows, name, 100, path)
+            if row:
+                lines.append(
+                    [
+                        _label(data, name),
+                        path.lstrip("/").upper().replace("K", " KiB").replace("M", " MiB"),
+                        _num(row["rps"]),
+                        _pct(row["ratio_haproxy"]),
+                        _num(row["mb_per_s"]),
+                        _ms(row["latency_us"]["p99"]),
+                        _errors(row) + f" / {row['errors']['timeout']}",
+                        _cpu(row),
+                        _num(row["rss_kib"] / MIB, 1),
+                        _num(row["pss_kib"] / MIB, 1),
+                    ]
+                )
+    header = [
+        "configuration", "body", "req/s", "vs HAProxy", "MB/s", "p99 ms", "errors / timeouts",
+        "CPU µs/req", "RSS MiB", "PSS MiB",
+    ]  # fmt: skip
+    return _table(header, lines)
+
+
+def domains_table(data: dict) -> list[str]:
+    rows = [r for r in data["results"] if r["section"] == "domains"]
+    base = next((r for r in rows if r["peer"] == "lbproxy-2w"), None)
+    lines = []
+    for row in rows:
+        domains = 10_000 if row["peer"].endswith("10k") else 3
+        lines.append(
+            [
+                f"{domains:,}",
+                _num(row["rps"]),
+                _pct(row["rps"] / base["rps"]) if base and base["rps"] else "–",
+                _ms(row["latency_us"]["p50"]),
+                _ms(row["latency_us"]["p99"]),
+                _cpu(row),
+                _num(row["rss_kib"] / MIB, 1),
+                _num(row["pss_kib"] / MIB, 1),
+            ]
+        )
+    header = ["domains", "req/s", "vs 3 domains", "p50 ms", "p99 ms", "CPU µs/req", "RSS MiB",
+              "PSS MiB"]  # fmt: skip
+    return _table(header, lines)
+
+
+def concurrency_table(data: dict) -> list[str]:
+    rows = data["results"]
+    lines = []
+    for name in _peer_order(data):
+        if not any(r["peer"] == name and r["section"] == "concurrency" for r in rows):
+            continue
+        for conns in sorted({r["connections"] for r in rows if r["peer"] == name}):
+            row = _find(rows, name, conns)
+            if row:
+                lines.append(
+                    [
+                        _label(data, name),
+                        str(conns),
+                        _num(row["rps"]),
+                        _pct(row["ratio_haproxy"]),
+                        _ms(row["latency_us"]["p50"]),
+                        _ms(row["latency_us"]["p99"]),
+                        _errors(row),
+                        f"{row['errors']['timeout']:,}",
+                        _cpu(row),
+                        _num(row["rss_kib"] / MIB, 1),
+                    ]
+                )
+    header = ["configuration", "conns", "req/s", "vs HAProxy", "p50 ms", "p99 ms", "errors",
+              "timeouts", "CPU µs/req", "RSS MiB"]  # fmt: skip
+    return _table(header, lines)
+
+
+def variants(data: dict) -> list[str]:
+    out = []
+    for session in data.get("sessions", []):
+        notes = session.get("notes") or {}
+        if session["kind"] != "lbproxy":
+            continue
+        env = notes.get("variant_env") or {}
+        shown = ", ".join(f"`{k}={v}`" for k, v in env.items()) or "none of them set"
+        line = f"- {_label(data, session['peer'])}: {shown}"
+        seen = session.get("features")
+        if seen:
+            metrics = (
+                f"{seen['statsd_datagrams']:,} StatsD datagrams received"
+                if seen["metrics"]
+                else "**no StatsD datagram received** (metrics not configured, or not in "
+                "this build)"
+            )
+            if not seen["access_log_lines"]:
+                log = "**no access-log line written**"
+            elif seen["access_log_json"]:
+                log = f"{seen['access_log_lines']:,} JSON access-log lines"
+            else:
+                log = (
+                    f"{seen['access_log_lines']:,} access-log lines in gunicorn's plain "
+                    "format (**the JSON access log is not in this build**)"
+                )
+            line += f" → {metrics}; {log}."
+        if session.get("error"):
+            line += f" FAILED to start: {session['error'].splitlines()[0]}"
+        out.append(line)
+    if any(s.get("features") and not s["features"].get("realised") for s in data["sessions"]):
+        out.append(
+            f'- `{NOT_REALISED.strip()}` marks an "on" variant whose features were not all '
+            "realised by this build (see above): its figures are not yet those of lbproxy "
+            "with every feature on."
+        )
+    return out
+
+
+def targets_table(data: dict) -> list[str]:
+    if not data.get("targets"):
+        return []
+    mark = {True: "met", False: "**not met**", None: "–"}
+    lines = [[t["target"], t["figure"], mark[t["met"]]] for t in data["targets"]]
+    return _table([f"target ({_label(data, TARGET_PEER)})", "figure", "status"], lines)
+
+
+def headline(data: dict) -> list[str]:
+    m, v, o = data["machine"], data["versions"], data["options"]
+    load = data.get("load_before", {})
+    foreign = [r["foreign_cpu_pct"] for r in data["results"]]
+    tools = ", ".join(f"{k} {val}" for k, val in v.items())
+    busy = max(foreign, default=0)
+    verdict = (
+        "quiet"
+        if busy < 10 and load.get("quiet", True)
+        else "**busy**: other processes used CPU during the run (figures are lower bounds)"
+    )
+    retried = sum(len(r.get("attempts_foreign_cpu_pct", [])) > 1 for r in data["results"])
+    if retried:
+        verdict += (
+            f"; {retried} case(s) were measured again after waiting for a quiet moment "
+            f"(up to {o.get('busy_retries')} times), keeping the quietest attempt"
+        )
+    return [
+        f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['memory_gib']} GiB, "
+        f"kernel {m['kernel']}, {m['os']}",
+        f"- date: {data['started']} (UTC), {data['elapsed_s']} s, mode {data['mode']}: "
+        f"{o['warmup_s']} s warm-up + {o['duration_s']} s measured per configuration",
+        f"- load: wrk {o['wrk']}",
+        f"- tools: {tools}",
+        f"- other load: loadavg {m['loadavg_before'][0]:.2f} before, "
+        f"{m.get('loadavg_after', [0])[0]:.2f} after; CPU used by other processes during "
+        f"the measured runs: mean {sum(foreign) / max(1, len(foreign)):.1f}%, max {busy:.1f}% "
+        f"of the machine → {verdict}",
+    ]
+
+
+def markdown(data: dict, brief: bool = False) -> str:
+    out = ["# lbproxy benchmark", ""]
+    out += [*headline(data), ""]
+    if data.get("interrupted"):
+        out += ["**Interrupted: partial results.**", ""]
+    if data.get("error"):
+        out += [f"**Error: {data['error'].splitlines()[0]}**", ""]
+    for session in data.get("sessions", []):
+        if session.get("error"):
+            out += [f"**{session['label']} failed:** `{session['error'].splitlines()[0]}`", ""]
+        for text in session.get("case_errors", []):
+            out += [f"**{session['label']} case failed:** `{text.splitlines()[0]}`", ""]
+    out += ["## Requests/s, latency, CPU and memory (1 KiB body)", "", *main_table(data), ""]
+    if not brief:
+        out += ["## Added latency (p50 at 1 connection, minus direct)", ""]
+        out += [*latency_table(data), ""]
+        if any(r["section"] == "bodies" for r in data["results"]):
+            out += ["## Body size (100 connections)", "", *bodies_table(data), ""]
+        if any(r["section"] == "domains" for r in data["results"]):
+            out += ["## Routing table size (100 connections)", "", *domains_table(data), ""]
+        if any(r["section"] == "concurrency" for r in data["results"]):
+            out += ["## Concurrency (1 KiB body)", "", *concurrency_table(data), ""]
+        out += ["## lbproxy variants", "", *variants(data), ""]
+        out += ["## Commands", ""]
+        upstream = data.get("upstream", {}).get("command")
+        if upstream:
+            out.append(f"- upstream nginx: `{upstream}`")
+        for session in data.get("sessions", []):
+            out.append(f"- {session['label']}: `{session.get('command', '?')}`")
+        out.append("")
+    if data.get("targets"):
+        out += ["## Issue 9 targets", "", *targets_table(data), ""]
+    if not brief:
+        out += ["## Reading these figures", "", *NOTES, ""]
+    return "\n".join(out)
+
+
+NOTES = [
+    "- All on one 2-CPU machine: wrk (2 threads), the upstream nginx and the peer share it,",
+    "  so requests/s is the machine's, not the peer's alone; \"CPU µs/req\" is the peer's",
+    '  own cost and the fairer comparison. "upstream µs/req" shows the upstream\'s share.',
+    "- At 1 connection every request is a ping-pong between mostly idle CPUs, so p50",
+    "  includes the wake-up of an idle (virtual) CPU; it varies more from run to run than",
+    "  the other figures, and a busier machine can even show a lower p50 there.",
+    "- RSS sums count pages shared by a master and its forked workers once per process;",
+    "  PSS shares them out, so the PSS sum is what the peer costs the machine.",
+    '- wrk counts a request as a timeout after 2 s; "errors" are socket errors plus',
+    "  responses with status >= 400.",
+]
+
+
+def results_md(data: dict) -> str:
+    text = markdown(data)
+    return text.replace(
+        "# lbproxy benchmark\n",
+        "# lbproxy benchmark results\n\n"
+        "Written by the full run of `bench/run` (see docs/bench.md for the columns and how\n"
+        "CPU µs/request and PSS are computed); the JSON of the same run is in bench/out/.\n",
+        1,
+    )
