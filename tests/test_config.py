@@ -249,19 +249,58 @@ def test_health_check_is_off_unless_configured_and_can_be_turned_off():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (service_with(retry={"attempts": 11}), "proxy.services[0].retry.attempts: expected an integer 0-10, got 11"),
-        (service_with(retry={"on_status": [404]}), "proxy.services[0].retry.on_status[0]: expected an integer 500-599, got 404"),
-        (service_with(retry={"on_status": 503}), "proxy.services[0].retry.on_status: expected a list of 5xx status codes, got 503"),
-        (service_with(retry={"budget": 2}), "proxy.services[0].retry.budget: expected a number 0-1, got 2"),
-        (service_with(outlier={"count_5xx": "yes"}), "proxy.services[0].outlier.count_5xx: expected true or false, got 'yes'"),
-        (service_with(outlier={"max_ejected_percent": 101}), "proxy.services[0].outlier.max_ejected_percent: expected an integer 0-100, got 101"),
-        (service_with(health_check={"path": "ping"}), "proxy.services[0].health_check.path: expected a path starting with /, got 'ping'"),
-        (service_with(health_check={"interval": -1}), "proxy.services[0].health_check.interval: expected a positive number of seconds, got -1"),
-        (service_with(max_in_flight=0), "proxy.services[0].max_in_flight: expected an integer 1-1000000, got 0"),
-        (service_with(timeout={"total": -3}), "proxy.services[0].timeout.total: expected a positive number of seconds, got -3"),
-        (config_with(limits={"max_body_size": -1}), "proxy.limits.max_body_size: expected an integer 0-4611686018427387904, got -1"),
-        (config_with(limits={"client_timeout": 1.5}), "proxy.limits.client_timeout: expected an integer 1-3600, got 1.5"),
-        (config_with(limits={"max_headers": 5}), "proxy.limits.max_headers: unknown key (did you mean 'max_header_size'?)"),
+        (
+            service_with(retry={"attempts": 11}),
+            "proxy.services[0].retry.attempts: expected an integer 0-10, got 11",
+        ),
+        (
+            service_with(retry={"on_status": [404]}),
+            "proxy.services[0].retry.on_status[0]: expected an integer 500-599, got 404",
+        ),
+        (
+            service_with(retry={"on_status": 503}),
+            "proxy.services[0].retry.on_status: expected a list of 5xx status codes, got 503",
+        ),
+        (
+            service_with(retry={"budget": 2}),
+            "proxy.services[0].retry.budget: expected a number 0-1, got 2",
+        ),
+        (
+            service_with(outlier={"count_5xx": "yes"}),
+            "proxy.services[0].outlier.count_5xx: expected true or false, got 'yes'",
+        ),
+        (
+            service_with(outlier={"max_ejected_percent": 101}),
+            "proxy.services[0].outlier.max_ejected_percent: expected an integer 0-100, got 101",
+        ),
+        (
+            service_with(health_check={"path": "ping"}),
+            "proxy.services[0].health_check.path: expected a path starting with /, got 'ping'",
+        ),
+        (
+            service_with(health_check={"interval": -1}),
+            "proxy.services[0].health_check.interval: expected a positive number of seconds, got -1",
+        ),
+        (
+            service_with(max_in_flight=0),
+            "proxy.services[0].max_in_flight: expected an integer 1-1000000, got 0",
+        ),
+        (
+            service_with(timeout={"total": -3}),
+            "proxy.services[0].timeout.total: expected a positive number of seconds, got -3",
+        ),
+        (
+            config_with(limits={"max_body_size": -1}),
+            "proxy.limits.max_body_size: expected an integer 0-4611686018427387904, got -1",
+        ),
+        (
+            config_with(limits={"client_timeout": 1.5}),
+            "proxy.limits.client_timeout: expected an integer 1-3600, got 1.5",
+        ),
+        (
+            config_with(limits={"max_headers": 5}),
+            "proxy.limits.max_headers: unknown key (did you mean 'max_header_size'?)",
+        ),
     ],
 )
 def test_resilience_keys_are_validated(text, message):
