@@ -29,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from monitoring import evaluate, grafana
+from monitoring import evaluate, grafana, oprange
 from monitoring.slo import budget_target, load
 from monitoring.stack import HISTOGRAM_BINS
 from tests.processes import REPO, Proxy, free_port, start_mock, write_config
@@ -462,17 +462,7 @@ def loaded(stack, tmp_path_factory):
         return {"address": "127.0.0.1", "port": mocks[name].port, "weight": weight}
 
     services = [
-        {
-            "name": "my-service",
-            "domain": "my-service.my-company.com",
-            "hosts": [host("a"), host("b")],
-        },
-        {"name": "my-service2", "domain": "my-service2.my-company.com", "hosts": [host("c")]},
-        {
-            "name": "my-service3",
-            "domain": "my-service3.my-company.com",
-            "hosts": [host("a", 3), host("b", 2), host("c")],
-        },
+        *oprange.services(mocks),  # the demo topology, as the operational range uses it
         {
             "name": "failover",
             "domain": "failover.test",
