@@ -107,7 +107,7 @@ class Forwarder:
         try:
             return self._exchange(pool, conn, attempt, request, timeout)
         except _STALE_CONNECTION:
-            if not attempt.reused or (request.body and request.body.started):
+            if not attempt.reused or not request.replayable:
                 raise UpstreamProtocolError("connection reset by the upstream") from None
         conn = self._connection(pool, attempt, timeout, fresh=True)
         try:
@@ -119,7 +119,7 @@ class Forwarder:
         """A connected connection: pooled if one is fresh enough, else a new one."""
         try:
             conn = pool.pool.get(block=False) or pool._new_conn()
-        except queue.Empty:
+        except (queue.Empty, AttributeError):  # none idle, or the pool was closed
             conn = pool._new_conn()
         if conn.sock is not None and (
             fresh

@@ -164,10 +164,6 @@ class HealthChecker:
         for host in self.health.service.hosts:
             self.greenlets.append(self.spawn(self._run, host))
 
-    def stop(self) -> None:
-        for greenlet in self.greenlets:
-            greenlet.kill(block=False)
-
     def _run(self, host: Host) -> None:
         import gevent
 
