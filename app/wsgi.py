@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from functools import partial
 
 from app import settings
 from app.admin import Admin
@@ -51,7 +52,6 @@ class Proxy:
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(make_session(len(config.hosts), concurrency))
         self.metrics = Metrics(statsd_settings(config.statsd))
-        self.checkers: list[HealthChecker] = []
 
     def start_background(self, spawn) -> None:
         """In a gevent worker: active health checks and the metrics gauges."""
@@ -59,9 +59,7 @@ class Proxy:
         for service in self.config.services:
             if service.health_check is not None:
                 route = self.router.route(service.domain)
-                checker = HealthChecker(route.health, probe_session, spawn)
-                checker.start()
-                self.checkers.append(checker)
+                HealthChecker(route.health, probe_session, spawn).start()
         if self.metrics.enabled:
             spawn(self._report_gauges)
 
@@ -109,13 +107,17 @@ class Proxy:
         deadline = time.monotonic() + service.timeout.total if service.timeout.total else None
         tried = []
         last_error: ProxyError | None = None
-        # pick() raises when no host can be tried at all, so a None here comes
-        # after at least one attempt, with its error kept.
-        while (host := route.pick(tried)) is not None:
+        while True:
+            # Before pick(): a spent timeout.total must not leave a host counted in flight.
+            timeout = _remaining(service.timeout, deadline)
+            host = route.pick(tried)
+            if host is None:
+                # pick() raises when no host can be tried at all, so this comes
+                # after at least one attempt, with its error kept.
+                raise last_error
             tried.append(host)
             record.upstream = host.name
             record.retries = len(tried) - 1
-            timeout = _remaining(service.timeout, deadline)
             try:
                 response = self.forwarder.send(host, request, timeout)
             except (UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout) as error:
@@ -140,9 +142,8 @@ class Proxy:
                 route.release(host)
                 last_error = UpstreamProtocolError(f"{host.name} answered {response.status}")
                 continue
-            response.on_close.append(lambda: route.release(host))
+            response.on_close.append(partial(route.release, host))
             return response
-        raise last_error
 
     @staticmethod
     def _may_retry(route: Route, request: ProxyRequest, error, attempts: int) -> bool:

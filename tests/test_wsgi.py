@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import time
 
 from app.config import parse_config
+from app.errors import UpstreamConnectError
 from app.wsgi import Proxy
 
 CONFIG = parse_config(
@@ -48,3 +50,38 @@ def test_bad_host_and_connect_are_4xx():
 def test_admin_port_requests_go_to_the_admin():
     status, _, body = call(SERVER_PORT="9911", PATH_INFO="/healthz")
     assert (status, body) == ("200 OK", b"ok\n")
+
+
+def test_a_total_timeout_spent_between_attempts_leaves_no_host_in_flight():
+    config = parse_config(
+        """
+proxy:
+  admin: {port: 9911}
+  services:
+    - name: a
+      domain: a.test
+      timeout: {total: 0.05}
+      hosts: [{address: 127.0.0.1, port: 1}, {address: 127.0.0.1, port: 2}]
+"""
+    )
+    proxy = Proxy(config)
+
+    class SlowRefusal:
+        def send(self, host, request, timeout):
+            time.sleep(0.1)  # the whole total timeout goes by in this attempt
+            raise UpstreamConnectError(host.name)
+
+    proxy.forwarder = SlowRefusal()
+    statuses = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/",
+        "HTTP_HOST": "a.test",
+        "SERVER_PORT": "8080",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    proxy(environ, lambda status, headers: statuses.append(status))
+    assert statuses == ["504 Gateway Timeout"]
+    assert proxy.router.route("a.test").balancer.total_in_flight == 0
