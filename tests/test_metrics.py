@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 
@@ -12,6 +11,7 @@ from app.config import Statsd, parse_config
 from app.metrics import Metrics, safe, statsd_settings
 from app.wsgi import Proxy
 from tests.processes import free_port
+from tests.wsgi_env import environ
 
 
 @pytest.fixture
@@ -43,19 +43,9 @@ proxy:
 
 
 def request(proxy, host, target="/", body=b"", method="GET"):
-    environ = {
-        "REQUEST_METHOD": method,
-        "RAW_URI": target,
-        "HTTP_HOST": host,
-        "SERVER_PORT": "8080",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(body),
-    }
-    if body:
-        environ["CONTENT_LENGTH"] = str(len(body))
     statuses = []
-    response = proxy(environ, lambda status, headers: statuses.append(status))
+    request_environ = environ(body, REQUEST_METHOD=method, RAW_URI=target, HTTP_HOST=host)
+    response = proxy(request_environ, lambda status, headers: statuses.append(status))
     data = b"".join(response)
     if hasattr(response, "close"):
         response.close()
@@ -171,16 +161,7 @@ def test_a_full_batch_of_timers_is_sent_without_waiting(mocks, sink):
 def environ_request(proxy):
     """A request without the flush ``request()`` does."""
     statuses = []
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "RAW_URI": "/",
-        "HTTP_HOST": "web.test",
-        "SERVER_PORT": "8080",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-    }
-    response = proxy(environ, lambda status, headers: statuses.append(status))
+    response = proxy(environ(HTTP_HOST="web.test"), lambda status, headers: statuses.append(status))
     b"".join(response)
     response.close()
 

@@ -11,19 +11,11 @@ from hypothesis import strategies as st
 
 from app.errors import BadRequest, ClientAbort, MethodNotAllowed
 from app.request import domain_of, parse_request, raw_target, split_target
+from tests import wsgi_env
 
 
 def environ(**extra):
-    base = {
-        "REQUEST_METHOD": "GET",
-        "RAW_URI": "/",
-        "PATH_INFO": "/",
-        "HTTP_HOST": "a.test",
-        "REMOTE_ADDR": "192.0.2.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-    }
-    return base | extra
+    return wsgi_env.environ(**{"HTTP_HOST": "a.test", "REMOTE_ADDR": "192.0.2.1", **extra})
 
 
 def test_raw_uri_is_used_as_is():

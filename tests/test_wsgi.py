@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import time
 
 from app.config import parse_config
 from app.errors import UpstreamConnectError
 from app.wsgi import Proxy
+from tests.wsgi_env import environ
 
 CONFIG = parse_config(
     """
@@ -19,17 +19,9 @@ proxy:
 )
 
 
-def call(**environ):
-    base = {
-        "REQUEST_METHOD": "GET",
-        "RAW_URI": "/",
-        "SERVER_PORT": "8080",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.url_scheme": "http",
-    }
+def call(**extra):
     captured = {}
-    body = Proxy(CONFIG)(base | environ, lambda s, h: captured.update(status=s, headers=h))
+    body = Proxy(CONFIG)(environ(**extra), lambda s, h: captured.update(status=s, headers=h))
     return captured["status"], dict(captured["headers"]), b"".join(body)
 
 
@@ -73,15 +65,6 @@ proxy:
 
     proxy.forwarder = SlowRefusal()
     statuses = []
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "RAW_URI": "/",
-        "HTTP_HOST": "a.test",
-        "SERVER_PORT": "8080",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.url_scheme": "http",
-    }
-    proxy(environ, lambda status, headers: statuses.append(status))
+    proxy(environ(HTTP_HOST="a.test"), lambda status, headers: statuses.append(status))
     assert statuses == ["504 Gateway Timeout"]
     assert proxy.router.route("a.test").balancer.total_in_flight == 0
