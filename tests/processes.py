@@ -6,6 +6,7 @@ child process on 127.0.0.1. Nothing is ever stopped by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -99,8 +100,10 @@ def start_mock(name: str, port: int | None = None, keepalive: int = 2, status: i
 
 
 class RawServer:
-    """A misbehaving upstream on a thread: ``reset`` closes each connection at
-    once with a TCP reset; ``blackhole`` accepts and never answers; ``reply``
+    """A misbehaving upstream on a thread: ``reset`` reads the request, then
+    closes with a TCP reset and no answer (reading first makes sure the request
+    was sent: a reset during the connect would be a refused connection instead);
+    ``blackhole`` accepts and never answers; ``reply``
     reads a request and answers ``reply`` bytes as they are, then closes."""
 
     def __init__(self, behaviour: str, reply: bytes = b""):
@@ -121,6 +124,9 @@ class RawServer:
                 return
             self.accepted += 1
             if self.behaviour == "reset":
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.close()
             elif self.behaviour == "reply":
