@@ -10,6 +10,7 @@ Environment (app/settings.py):
   PROXY_WORKER_CONNECTIONS  requests one worker holds at once (default 1000); also
                             the depth of each upstream's connection pool
   PROXY_ACCESS_LOG          "-" (stdout, the default), a file path, or "off"
+  PROXY_HTTP_SERVER         "lbproxy" (its own HTTP/1.1 server, the default) or "gunicorn"
   STATSD_HOST/PORT/PREFIX   metrics target, over proxy.statsd (app/metrics.py)
 """
 
@@ -23,8 +24,9 @@ bind = [
     f"{_config.listen.address}:{_config.listen.port}",
     f"{_config.admin.address}:{_config.admin.port}",  # health and status: app/admin.py
 ]
-# gunicorn's gevent worker, accepting in batches under load (app/worker.py).
-worker_class = "app.worker.GeventWorker"
+# A gevent worker accepting in batches under load, serving HTTP with lbproxy's
+# own server, or with gunicorn's when PROXY_HTTP_SERVER=gunicorn (app/worker.py).
+worker_class = settings.worker_class()
 workers = settings.workers()
 # Below the concurrency a worker must hold, gunicorn starves connections silently.
 worker_connections = settings.worker_connections()

@@ -21,7 +21,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# gunicorn writes its own Date and Server on every response; passing the
+# The proxy writes its own Date and Server on every response (app/server.py); passing the
 # upstream's too would send both twice (nginx hides the upstream's likewise).
 # X-Request-Id is the proxy's: it sends the id it forwarded.
 REPLACED_BY_PROXY = frozenset({"date", "server", "x-request-id"})

@@ -28,3 +28,17 @@ def access_log() -> str | None:
     """PROXY_ACCESS_LOG: "-" for stdout (the default), a file path, or "off"."""
     target = os.environ.get("PROXY_ACCESS_LOG", "-")
     return None if target.lower() in ("off", "none", "") else target
+
+
+WORKER_CLASSES = {
+    "lbproxy": "app.worker.LeanWorker",  # lbproxy's own HTTP/1.1 server (app/server.py)
+    "gunicorn": "app.worker.GeventWorker",  # gunicorn's HTTP parser and writer
+}
+
+
+def worker_class() -> str:
+    """PROXY_HTTP_SERVER: "lbproxy" (the default) or "gunicorn"."""
+    name = os.environ.get("PROXY_HTTP_SERVER") or "lbproxy"
+    if name not in WORKER_CLASSES:
+        raise SystemExit(f"PROXY_HTTP_SERVER: {name!r} is not one of {', '.join(WORKER_CLASSES)}")
+    return WORKER_CLASSES[name]

@@ -12,7 +12,13 @@ this small still leaves connections for the other workers.
 
 from __future__ import annotations
 
+import functools
+
+from gunicorn.http.wsgi import base_environ
 from gunicorn.workers import ggevent
+
+from app.http11 import Limits
+from app.server import SERVER_NAME, Server
 
 ACCEPT_BATCH = 16
 
@@ -34,3 +40,41 @@ class GeventWorker(ggevent.GeventWorker):
         # ggevent.run() builds its servers from its module's StreamServer name.
         ggevent.StreamServer = BatchAcceptingServer
         super().run()
+
+
+class LeanWorker(GeventWorker):
+    """The gevent worker, serving HTTP with lbproxy's own server (app/server.py).
+
+    gunicorn's process model, signals, limits and logging stay; only the
+    reading of requests and writing of responses is app/server.py's.
+    """
+
+    def handle(self, listener, client, addr):
+        server = self._servers.get(listener)
+        if server is None:
+            server = self._servers[listener] = self._server_for(listener)
+        server.serve(client, addr)
+
+    @functools.cached_property
+    def _servers(self) -> dict:
+        return {}
+
+    def _server_for(self, listener) -> Server:
+        host, port = listener.getsockname()[:2]
+        environ = base_environ(self.cfg)
+        environ.update(
+            {
+                "SERVER_SOFTWARE": SERVER_NAME,
+                "SERVER_NAME": str(host),
+                "SERVER_PORT": str(port),
+                "SCRIPT_NAME": "",
+                "wsgi.url_scheme": "http",
+                "wsgi.multithread": True,
+            }
+        )
+        limits = Limits(
+            request_line=self.cfg.limit_request_line,
+            header_count=self.cfg.limit_request_fields,
+            header_size=self.cfg.limit_request_field_size,
+        )
+        return Server(self.wsgi, environ, limits, self.cfg.keepalive, self)

@@ -204,7 +204,7 @@ def test_upstream_status_and_headers_are_passed_on(proxy):
     answer = call(proxy, BALANCED, "/?status=418")
     assert answer.status_code == 418
     assert answer.headers["X-Mock-Instance"] in {"a", "b", "c"}
-    assert answer.headers["Server"] == "gunicorn"  # one Server line, not two
+    assert answer.headers["Server"] == "lbproxy"  # one Server line, not two
     assert "," not in answer.headers["Date"].split(" ", 1)[1]  # one Date line, not two
 
 

@@ -21,10 +21,32 @@ def test_requests_earn_retries_at_the_budget_ratio():
         pass
     for _ in range(100):
         budget.record_request()
-    assert sum(budget.try_spend() for _ in range(100)) == 10  # 20% of 100, capped at 10
+    assert sum(budget.try_spend() for _ in range(100)) == 20  # 20% of 100
     for _ in range(25):
         budget.record_request()
     assert sum(budget.try_spend() for _ in range(100)) == 5
+
+
+def test_a_busy_service_can_retry_a_burst_as_large_as_its_traffic_earned():
+    clock = Clock()
+    budget = RetryBudget(Retry(budget=0.2, min_per_second=3), clock)
+    for _ in range(5000):  # 10 s at 500 requests/s
+        budget.record_request()
+        clock.now += 0.002
+    # A host dies with 200 requests in flight: all of them go elsewhere.
+    assert sum(budget.try_spend() for _ in range(200)) == 200
+    assert sum(budget.try_spend() for _ in range(2000)) == 800  # 20% of 5000, no more
+
+
+def test_traffic_older_than_the_window_earns_nothing():
+    clock = Clock()
+    budget = RetryBudget(Retry(budget=0.2, min_per_second=0), clock)
+    for _ in range(5000):
+        budget.record_request()
+    clock.now += 10
+    assert budget.try_spend()  # the 5000 requests' window closes: 1000 tokens
+    clock.now += 100
+    assert sum(budget.try_spend() for _ in range(2000)) == 10  # quiet since: the floor
 
 
 def test_time_refills_at_min_per_second():

@@ -1,0 +1,430 @@
+"""lbproxy's HTTP/1.1 server: one client connection, request by request, into the WSGI app.
+
+gunicorn still runs the process (master, workers, signals, reload, logging);
+this is the part of a worker that reads requests and writes responses, plugged
+in by app/worker.py. It replaces gunicorn's own HTTP code because that is
+where most of a proxied request's CPU went: measured on a 2-core VM, parsing
+and answering took about 170 of 420 µs per request in gunicorn, of which this
+server keeps about a third (docs/bench.md). The parser (app/http11.py) is as
+strict as gunicorn's; the bad-input tests run against both.
+
+What it does per connection:
+
+- reads a request head within ``client_timeout`` (idle wait included: a slow
+  client holds its own connection for that long, never a worker);
+- builds the WSGI environ (``RAW_URI`` keeps the target byte for byte);
+- streams ``wsgi.input`` from the socket as the app reads it (sending
+  ``100 Continue`` first when asked), de-chunking a chunked body;
+- writes the response head together with the first body chunk, framed by the
+  app's Content-Length, else chunked (HTTP/1.1), else by closing;
+- keeps the connection alive unless the client, the framing, an unread body
+  or a stopping worker says otherwise.
+
+A refused request gets its 4xx (app/http11.py) and a closed connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from email.utils import formatdate
+from urllib.parse import unquote_to_bytes
+
+from app.http11 import (
+    HeaderFieldsTooLarge,
+    IncompleteBody,
+    Limits,
+    RequestError,
+    RequestHead,
+    RequestLineTooLong,
+    chunk_size,
+    parse_head,
+)
+
+SERVER_NAME = "lbproxy"
+RECV_SIZE = 64 * 1024
+_MAX_CHUNK_LINE = 1024
+
+log = logging.getLogger("gunicorn.error")
+
+
+class Server:
+    """What every connection of one listener shares."""
+
+    def __init__(self, app, base_environ: dict, limits: Limits, timeout: float, worker):
+        self.app = app
+        self.base_environ = base_environ
+        self.limits = limits
+        self.timeout = timeout
+        self.worker = worker  # .alive turns False when the worker stops; .log logs access
+
+    def serve(self, sock, addr) -> None:
+        environ = dict(self.base_environ)
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(addr[0]), str(addr[1])
+        environ["gunicorn.socket"] = sock
+        Connection(self, sock, environ).serve()
+
+
+class Connection:
+    def __init__(self, server: Server, sock, environ: dict):
+        self.server = server
+        self.sock = sock
+        self.environ = environ  # the connection's part of every request's environ
+        self.pending = b""  # bytes received but not consumed yet (pipelining)
+
+    def serve(self) -> None:
+        try:
+            self.sock.settimeout(self.server.timeout)
+            # A stopping worker still answers a request sent on a connection it
+            # kept alive (with "Connection: close"): closing under it would reset it.
+            while (head := self._read_head()) is not None and self._respond(head):
+                pass
+        except RequestError as error:
+            self._refuse(error)
+        except OSError:
+            pass  # the client left, or stalled past client_timeout
+        finally:
+            self.sock.close()
+
+    # -- reading ----------------------------------------------------------
+
+    def _read_head(self) -> RequestHead | None:
+        """The next request's head; None when the client closes or idles out."""
+        deadline = time.monotonic() + self.server.timeout
+        data = self.pending.lstrip(b"\r\n")  # RFC 9112 §2.2: empty lines before a request
+        searched = 0
+        while (end := data.find(b"\r\n\r\n", searched)) < 0:
+            self._check_partial_head(data)
+            searched = max(0, len(data) - 3)
+            received = self._recv_until(deadline)
+            if not received:
+                return None
+            data = data + received if data else received.lstrip(b"\r\n")
+        self.pending = data[end + 4 :]
+        return parse_head(data[:end].decode("latin-1"), self.server.limits)
+
+    def _check_partial_head(self, data: bytes) -> None:
+        """Refuse a head over the limits before it has all arrived."""
+        limits = self.server.limits
+        line_end = data.find(b"\r\n")
+        if line_end < 0 and len(data) > limits.request_line + 2:
+            raise RequestLineTooLong(f"request line over {limits.request_line} bytes")
+        if len(data) > limits.head_size or (
+            line_end >= 0 and len(data) - data.rfind(b"\n") - 1 > limits.header_size + 2
+        ):
+            raise HeaderFieldsTooLarge("request head over the limits")
+
+    def _recv_until(self, deadline: float) -> bytes:
+        """One recv before the deadline; b"" on end-of-file or at the deadline.
+
+        A stopping worker does not cut idle connections: a client may be
+        sending its next request at that moment, which would meet a reset.
+        Their next response says ``Connection: close`` instead, as gunicorn's.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return b""
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return b""
+        finally:
+            self.sock.settimeout(self.server.timeout)
+
+    def read_some(self, size: int) -> bytes:
+        """Up to ``size`` (> 0) body bytes, at least one; IncompleteBody on end-of-file."""
+        if not self.pending:
+            self.pending = self.sock.recv(RECV_SIZE)
+            if not self.pending:
+                raise IncompleteBody("the client closed before the end of the body")
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+    def read_line(self, limit: int) -> bytes:
+        """One CRLF-terminated line of a chunked body, without its CRLF."""
+        while (end := self.pending.find(b"\r\n")) < 0:
+            if len(self.pending) > limit:
+                raise RequestError("chunked body line too long")
+            received = self.sock.recv(RECV_SIZE)
+            if not received:
+                raise IncompleteBody("the client closed inside a chunked body")
+            self.pending += received
+        line, self.pending = self.pending[:end], self.pending[end + 2 :]
+        return line
+
+    # -- one request ------------------------------------------------------
+
+    def _respond(self, head: RequestHead) -> bool:
+        """Serve one request; True when the connection can take another."""
+        body = Body(self, head)
+        environ = self._environ(head, body)
+        response = Response(self, head, body)
+        worker = self.server.worker
+        result = None
+        try:
+            result = self.server.app(environ, response.start_response)
+            for chunk in result:
+                response.write(chunk)
+            response.finish()
+        except OSError:
+            return False  # the client is gone
+        except Exception as error:
+            response.fail(error)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+            worker.log.access(response, head, environ, None)
+            _count_request(worker)
+        return response.keep_alive and body.done
+
+    def _environ(self, head: RequestHead, body: Body) -> dict:
+        environ = self.environ.copy()
+        target = head.target
+        path, _, query = target.partition("?")
+        if not path.startswith("/"):  # absolute-form (or "*"): the path after the authority
+            _scheme, _, rest = path.partition("://")
+            path = "/" + rest.partition("/")[2] if rest else path
+        environ["REQUEST_METHOD"] = head.method
+        environ["RAW_URI"] = target
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
+        environ["QUERY_STRING"] = query
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == (1, 1) else "HTTP/1.0"
+        environ["wsgi.input"] = body
+        for name, value in head.headers:
+            key = _ENVIRON_KEYS.get(name) or _environ_key(name)
+            if key is None:
+                continue
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        return environ
+
+    # -- writing ----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``: one send() as a rule (gevent's sendall() adds a syscall)."""
+        sent = self.sock.send(data)
+        if sent < len(data):
+            self.sock.sendall(memoryview(data)[sent:])
+
+    def _refuse(self, error: RequestError) -> None:
+        body = f"{error.status}: {error}\n".encode("latin-1", "replace")
+        head = (
+            f"HTTP/1.1 {error.status}\r\n{_server_and_date()}"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            self.send(head.encode("latin-1") + body)
+
+
+class Body:
+    """``wsgi.input``: the request body, read off the socket as the app asks for it."""
+
+    def __init__(self, connection: Connection, head: RequestHead):
+        self.connection = connection
+        self.chunked = head.chunked
+        self.remaining = head.content_length or 0  # of a Content-Length body
+        self.chunk_left = 0  # of the current chunk
+        self.expect_continue = head.expect_continue
+        self.done = not self.chunked and self.remaining == 0
+        self.limits = connection.server.limits
+
+    def read(self, size: int | None = -1) -> bytes:
+        """``size`` bytes (all if negative), fewer only at the end of the body."""
+        if self.done:
+            return b""
+        if self.expect_continue:
+            self.expect_continue = False
+            self.connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        want = float("inf") if size is None or size < 0 else size
+        parts = []
+        while want > 0 and not self.done:
+            part = self._read_chunked(want) if self.chunked else self._read_length(want)
+            want -= len(part)
+            parts.append(part)
+        return b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """WSGI asks for it; a proxy streams with read()."""
+        line = b""
+        while not line.endswith(b"\n") and (size is None or size < 0 or len(line) < size):
+            part = self.read(1)
+            if not part:
+                break
+            line += part
+        return line
+
+    def __iter__(self):
+        while line := self.readline():
+            yield line
+
+    def _read_length(self, want: float) -> bytes:
+        part = self.connection.read_some(int(min(want, self.remaining)))
+        self.remaining -= len(part)
+        self.done = self.remaining == 0
+        return part
+
+    def _read_chunked(self, want: float) -> bytes:
+        connection = self.connection
+        if self.chunk_left == 0:
+            size = chunk_size(connection.read_line(_MAX_CHUNK_LINE))
+            if size == 0:
+                self._skip_trailers()
+                return b""
+            self.chunk_left = size
+        part = connection.read_some(int(min(want, self.chunk_left)))
+        self.chunk_left -= len(part)
+        if self.chunk_left == 0 and connection.read_line(2) != b"":
+            raise RequestError("chunk data not followed by CRLF")
+        return part
+
+    def _skip_trailers(self) -> None:
+        """Trailer fields are dropped (a proxy may: RFC 9110 §6.5.1), within the limits."""
+        for _ in range(self.limits.header_count + 1):
+            if self.connection.read_line(self.limits.header_size) == b"":
+                self.done = True
+                return
+        raise HeaderFieldsTooLarge("too many trailer fields")
+
+
+class Response:
+    """The response to one request: head and body framing, what was sent."""
+
+    def __init__(self, connection: Connection, head: RequestHead, body: Body):
+        self.connection = connection
+        self.request = head
+        self.body = body
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head_sent = False
+        self.sent = 0  # body bytes, as the access log counts them
+        self.length: int | None = None  # the body's announced length
+        self.chunked = False
+        self.keep_alive = head.keep_alive
+
+    def start_response(self, status: str, headers: list, exc_info=None):
+        if exc_info is not None and self.head_sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        head = b"" if self.head_sent else self._head(final=False)
+        if self.length is not None and self.sent + len(data) > self.length:
+            data = data[: self.length - self.sent]  # more than announced: never sent
+            self.keep_alive = False
+        if data and self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        elif not data and not head:
+            return
+        self.sent += len(data)
+        self.connection.send(head + data if head else data)
+
+    def finish(self) -> None:
+        """The app's iterable is exhausted: send what framing remains."""
+        if not self.head_sent:
+            self.connection.send(self._head(final=True))
+        elif self.chunked:
+            self.connection.send(b"0\r\n\r\n")
+        elif self.length is not None and self.sent < self.length:
+            self.keep_alive = False  # fewer bytes than announced: only a close tells the client
+
+    def fail(self, error: Exception) -> None:
+        """The app raised: a 500 if nothing was sent yet, else a cut connection."""
+        self.keep_alive = False
+        if self.head_sent:
+            log.info("lbproxy: response cut off: %s: %s", type(error).__name__, error)
+            return
+        log.exception("lbproxy: error handling %s %s", self.request.method, self.request.target)
+        body = b"500 Internal Server Error\n"
+        self.status = "500 Internal Server Error"
+        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        with contextlib.suppress(OSError):
+            self.write(body)
+
+    def _head(self, final: bool) -> bytes:
+        """The status line and headers, with the framing this response gets."""
+        if self.status is None:
+            raise RuntimeError("the application did not call start_response")
+        self.head_sent = True
+        code = int(self.status[:3])
+        request = self.request
+        lines = []
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "content-length":
+                self.length = int(value)
+            elif lower in _FRAMING_HEADERS:
+                continue  # the server's to decide
+            lines.append(f"{name}: {value}\r\n")
+        fields = "".join(lines)
+        # A CR or LF inside a name or value would split the response.
+        if fields.count("\n") != len(lines) or fields.count("\r") != len(lines):
+            raise ValueError("a response header contains CR or LF")
+        if code < 200 or code in (204, 304) or request.method == "HEAD":
+            self.length = 0  # no body, whatever Content-Length says
+        elif self.length is None:
+            if final:
+                fields += "Content-Length: 0\r\n"
+                self.length = 0
+            elif request.version >= (1, 1):
+                fields += "Transfer-Encoding: chunked\r\n"
+                self.chunked = True
+            else:
+                self.keep_alive = False  # an HTTP/1.0 body without a length ends at close
+        # An unread request body (the app answered without it) would be taken
+        # for the next request: the connection ends with this response.
+        if not (self.keep_alive and self.body.done and self.connection.server.worker.alive):
+            self.keep_alive = False
+            fields += "Connection: close\r\n"
+        elif request.version < (1, 1):
+            fields += "Connection: keep-alive\r\n"
+        head = f"HTTP/1.1 {self.status}\r\n{_server_and_date()}{fields}\r\n"
+        return head.encode("latin-1")
+
+
+_FRAMING_HEADERS = frozenset({"connection", "transfer-encoding", "keep-alive"})
+
+# WSGI keys of the header names seen, so that each name is converted once.
+_ENVIRON_KEYS: dict[str, str | None] = {}
+_ENVIRON_KEYS_MAX = 4096
+
+
+def _environ_key(name: str) -> str | None:
+    """``X-Request-Id`` -> ``HTTP_X_REQUEST_ID``; None for a name with ``_``.
+
+    WSGI maps ``-`` and ``_`` to the same key, so a client could pass a name
+    that an upstream would take for another; such headers are dropped, as
+    nginx (``underscores_in_headers off``) and gunicorn do.
+    """
+    if "_" in name:
+        key = None
+    else:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+    if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+        _ENVIRON_KEYS[name] = key
+    return key
+
+
+_date_cache = [0, ""]
+
+
+def _server_and_date() -> str:
+    """The Server and Date lines, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = f"Server: {SERVER_NAME}\r\nDate: {formatdate(now, usegmt=True)}\r\n"
+    return _date_cache[1]
+
+
+def _count_request(worker) -> None:
+    """gunicorn's max_requests: restart the worker after that many requests."""
+    worker.nr += 1
+    if worker.nr >= worker.max_requests and worker.alive:
+        log.info("Autorestarting worker after current request.")
+        worker.alive = False
