@@ -49,14 +49,26 @@ control_socket_disable = True  # one proxy per host path would collide; not used
 
 
 def post_worker_init(worker):
-    """Start each worker's health checks and metrics gauges, on its gevent hub."""
+    """Start each worker's health checks, metrics gauges and access-log flushes."""
     import gevent
 
     worker.wsgi.start_background(gevent.spawn)
+    if hasattr(worker.log, "flush_access_log"):
+        gevent.spawn(_flush_every_second, worker.log)
+
+
+def _flush_every_second(logger):
+    import gevent
+
+    while True:
+        gevent.sleep(1.0)
+        logger.flush_access_log()
 
 
 def worker_exit(server, worker):
-    """Send the metrics the worker still holds before it goes."""
+    """Send the metrics and write the access-log lines the worker still holds."""
     metrics = getattr(worker.wsgi, "metrics", None)
     if metrics is not None:
         metrics.flush()
+    if hasattr(worker.log, "flush_access_log"):
+        worker.log.flush_access_log()

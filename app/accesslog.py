@@ -4,10 +4,18 @@
 ``--log-config`` and syslog keep working as gunicorn documents them; only the
 line's format is ours. The fields are those the original project planned to
 ship to ELK (README: "Access log"). Admin-port requests (probes) are not logged.
+
+When the access log is a plain file or stdout (gunicorn's own handlers), lines
+go straight into the handler's stream and are flushed once a second
+(``flush_access_log``, called by the worker's background loop and at exit),
+as nginx's ``access_log ... flush=1s``: through ``logging`` each line cost
+more than the rest of the proxy's bookkeeping together. Any other handler
+(``--log-config``, syslog) gets each line through ``logging`` as before.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from json.encoder import encode_basestring_ascii
 
@@ -66,7 +74,36 @@ class JsonAccessLogger(Logger):
         if not self.access_log_enabled or record is None:
             return
         record.finish()
-        self.access_log.info(line(record, environ, getattr(resp, "sent", 0)))
+        text = line(record, environ, getattr(resp, "sent", 0))
+        stream = self._direct_stream()
+        if stream is None:
+            self.access_log.info(text)
+        else:
+            stream.write(text + "\n")
+
+    def flush_access_log(self) -> None:
+        """Write out the lines buffered in the stream (once a second, and at exit)."""
+        stream = self._direct_stream()
+        if stream is not None:
+            stream.flush()
+
+    def _direct_stream(self):
+        """The stream of gunicorn's own file or stdout handler; None for any other setup."""
+        logger = self.access_log
+        if len(logger.handlers) != 1 or logger.filters:
+            return None
+        handler = logger.handlers[0]
+        if (
+            type(handler) not in _PLAIN_HANDLERS
+            or handler.filters
+            or handler.formatter is None
+            or handler.formatter._fmt != "%(message)s"
+        ):
+            return None
+        return handler.stream
+
+
+_PLAIN_HANDLERS = (logging.StreamHandler, logging.FileHandler)
 
 
 def _str(value: str | None) -> str:
@@ -85,5 +122,12 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+_second = [-1, ""]  # the last second formatted, and its text
+
+
 def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+    """``2026-11-26T01:02:03.456Z``; the seconds part formatted once per second."""
+    second = int(epoch)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int(epoch % 1 * 1000):03d}Z"

@@ -3,10 +3,10 @@
 The connection pools belong to one ``requests.Session`` per worker, configured
 for a proxy rather than a script (see ``make_session``). The hot path takes a
 connection from the session's urllib3 pool (urllib3 connects it, with
-TCP_NODELAY) and speaks HTTP on it at the ``http.client`` level the connection
-is built on: ``putrequest``/``putheader``/``send`` write the request target
-exactly as given (``requests`` re-quotes ``%7e`` to ``~``; ``urlopen``
-upper-cases ``%2f``) and the response body is read as it arrives, without the
+TCP_NODELAY) and speaks HTTP on its socket itself: the request head is written
+in one send, with the target exactly as given (``requests`` re-quotes ``%7e``
+to ``~``; ``urlopen`` upper-cases ``%2f``), and the response is read by
+``http.client``'s response class (app/response.py) as it arrives, without the
 per-request preparation of ``requests`` or the wrapping of urllib3's response.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import queue
+import re
 import select
 import socket
 import time
@@ -35,6 +36,7 @@ from app.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from app.http11 import send_all
 from app.request import ProxyRequest
 from app.response import LeanHTTPResponse, UpstreamResponse
 
@@ -85,10 +87,25 @@ class Forwarder:
     def __init__(self, session: requests.Session):
         self.session = session
         self.pools = session.get_adapter("http://").poolmanager
+        self._host_pools: dict[tuple[str, int], object] = {}
+
+    def pool(self, host: Host):
+        """The session's connection pool for ``host``.
+
+        Kept per host: the PoolManager's own lookup (key normalisation, LRU)
+        cost more than the rest of picking a connection. A pool the manager
+        closed (``pool.pool`` is None) is looked up again.
+        """
+        key = (host.address, host.port)
+        pool = self._host_pools.get(key)
+        if pool is None or pool.pool is None:
+            pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
+            self._host_pools[key] = pool
+        return pool
 
     def idle(self, host: Host) -> int:
         """Idle connections kept open in the host's pool (for the pool gauge)."""
-        pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
+        pool = self.pool(host)
         return sum(1 for conn in list(pool.pool.queue) if conn is not None and conn.sock)
 
     def send(self, host: Host, request: ProxyRequest, timeout: Timeout) -> UpstreamResponse:
@@ -99,7 +116,7 @@ class Forwarder:
         A pooled connection that the upstream closed while idle is retried once
         on a fresh connection, provided no body byte was taken from the client.
         """
-        pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
+        pool = self.pool(host)
         attempt = Attempt(host)
         # A request that can be replayed is retried if its pooled connection
         # turns out stale; one that cannot is worth a poll() to check it first.
@@ -130,7 +147,6 @@ class Forwarder:
         attempt.reused = conn.sock is not None
         if attempt.reused:
             return conn
-        conn.response_class = LeanHTTPResponse
         conn.timeout = timeout.connect
         started = time.perf_counter()
         try:
@@ -147,9 +163,10 @@ class Forwarder:
         conn.sock.settimeout(timeout.read)
         started = time.perf_counter()
         try:
-            _send_request(conn, request)
+            _send_request(conn.sock, request)
             _wait_for_response(conn.sock, request.client_socket, timeout.read)
-            raw = http.client.HTTPConnection.getresponse(conn)
+            raw = LeanHTTPResponse(conn.sock, method=request.method)
+            raw.begin()
         except BaseException as error:
             conn.close()
             pool._put_conn(conn)
@@ -164,32 +181,45 @@ class Forwarder:
         )
 
 
-def _send_request(conn, request: ProxyRequest) -> None:
-    """Write the request line, the headers and the body, as http.client does.
-
-    http.client refuses a target or header with CR, LF or other control
-    characters (ValueError): a second guard after gunicorn's parser.
-    """
-    conn.putrequest(request.method, request.target, skip_host=True, skip_accept_encoding=True)
-    putheader = http.client.HTTPConnection.putheader
-    for name, value in request.headers.items():
-        putheader(conn, name, value)
+def _send_request(sock, request: ProxyRequest) -> None:
+    """Write the request head in one send, then the body (re-chunked if it came chunked)."""
     body = request.body
+    framing = ""
+    if body is not None:
+        if body.chunked:
+            framing = "Transfer-Encoding: chunked\r\n"
+        elif "Content-Length" not in request.headers:
+            framing = f"Content-Length: {body.length}\r\n"
+    send_all(sock, request_head(request.method, request.target, request.headers, framing))
     if body is None:
-        conn.endheaders()
         return
     if body.chunked:
-        putheader(conn, "Transfer-Encoding", "chunked")
-        conn.endheaders()
         for chunk in body:
-            conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        conn.send(b"0\r\n\r\n")
+            sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
         return
-    if "Content-Length" not in request.headers:
-        putheader(conn, "Content-Length", str(body.length))
-    conn.endheaders()
     for chunk in body:
-        conn.send(chunk)
+        sock.sendall(chunk)
+
+
+# As http.client refuses them: a target with a control character or space.
+_INVALID_TARGET = re.compile(r"[\x00-\x20\x7f]")
+
+
+def request_head(method: str, target: str, headers: dict[str, str], framing: str = "") -> bytes:
+    """The request line and headers, ready to send.
+
+    ValueError for a target or header that would change the message's meaning
+    on the wire (control characters, CR or LF): a second guard after the
+    server's parser, as http.client's own checks were.
+    """
+    if _INVALID_TARGET.search(target) or _INVALID_TARGET.search(method):
+        raise ValueError("control character or space in the request target")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) + framing
+    lines = len(headers) + (1 if framing else 0)
+    if fields.count("\n") != lines or fields.count("\r") != lines or "\x00" in fields:
+        raise ValueError("CR, LF or NUL in a request header")
+    return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")
 
 
 def _release(pool, conn, reusable: bool) -> None:

@@ -172,8 +172,8 @@ class UpstreamResponse:
         self._closed = True
         if not self._complete and self.failure is None:
             self.failure = "client_abort"
-        # A response that ended with "Connection: close" has already closed its
-        # socket (http.client does it); the pool then reconnects on next use.
-        self._release(self._complete)
+        # After "Connection: close" (or a body that ends at close) the
+        # upstream closes: the connection is not reused.
+        self._release(self._complete and not self.raw.will_close)
         for callback in self.on_close:
             callback()

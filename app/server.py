@@ -40,6 +40,7 @@ from app.http11 import (
     RequestLineTooLong,
     chunk_size,
     parse_head,
+    send_all,
 )
 
 SERVER_NAME = "lbproxy"
@@ -202,10 +203,7 @@ class Connection:
     # -- writing ----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Write all of ``data``: one send() as a rule (gevent's sendall() adds a syscall)."""
-        sent = self.sock.send(data)
-        if sent < len(data):
-            self.sock.sendall(memoryview(data)[sent:])
+        send_all(self.sock, data)
 
     def _refuse(self, error: RequestError) -> None:
         body = f"{error.status}: {error}\n".encode("latin-1", "replace")
