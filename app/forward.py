@@ -19,11 +19,8 @@ import select
 import socket
 import time
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 
-import requests
 from gevent.socket import wait_read
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.connection import is_connection_dropped
 
@@ -39,39 +36,13 @@ from app.errors import (
 from app.http11 import send_all
 from app.request import ProxyRequest
 from app.response import LeanHTTPResponse, UpstreamResponse
+from app.session import Session
 
 # While waiting for an upstream, look this often whether the client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
 
 # Failures of a kept-alive connection the upstream closed while it sat idle.
 _STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
-
-
-def make_session(hosts: int, connections_per_host: int) -> requests.Session:
-    """A Session that pools for a proxy and leaks nothing between clients.
-
-    - one pool per upstream host, never evicted (``pool_connections``), each as
-      deep as the worker's concurrency (``pool_maxsize``): requests' defaults of
-      10 and 10 would reconnect per request under load;
-    - cookies are refused, so one client's Set-Cookie never joins another's
-      request;
-    - no default headers (User-Agent, Accept-Encoding) of its own;
-    - proxy settings in the environment (HTTP_PROXY, ...) are ignored.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.headers.clear()
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    session.max_redirects = 0
-    adapter = HTTPAdapter(
-        pool_connections=max(hosts, 1),
-        pool_maxsize=max(connections_per_host, 1),
-        max_retries=0,
-        pool_block=False,
-    )
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 @dataclass
@@ -84,7 +55,7 @@ class Attempt:
 
 
 class Forwarder:
-    def __init__(self, session: requests.Session):
+    def __init__(self, session: Session):
         self.session = session
         self.pools = session.get_adapter("http://").poolmanager
         self._host_pools: dict[tuple[str, int], object] = {}

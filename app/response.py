@@ -175,5 +175,9 @@ class UpstreamResponse:
         # After "Connection: close" (or a body that ends at close) the
         # upstream closes: the connection is not reused.
         self._release(self._complete and not self.raw.will_close)
-        for callback in self.on_close:
+        # The callbacks refer back to this response: dropping them after use
+        # breaks that cycle, so the request's objects are freed at once instead
+        # of waiting (by the thousand, with their buffers) for the cyclic GC.
+        callbacks, self.on_close = self.on_close, []
+        for callback in callbacks:
             callback()

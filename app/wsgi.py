@@ -25,7 +25,7 @@ from app.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from app.forward import Forwarder, make_session
+from app.forward import Forwarder
 from app.health import HealthChecker
 from app.master import active_config
 from app.metrics import Metrics, statsd_settings
@@ -34,6 +34,7 @@ from app.request import ProxyRequest, parse_request
 from app.response import UpstreamResponse
 from app.retry import IDEMPOTENT
 from app.routing import Route, Router
+from app.session import make_session
 
 log = logging.getLogger("gunicorn.error")
 

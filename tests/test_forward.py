@@ -12,8 +12,9 @@ import responses
 
 from app.config import Host, Timeout
 from app.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from app.forward import Forwarder, make_session
+from app.forward import Forwarder
 from app.request import ProxyRequest, RequestBody
+from app.session import make_session
 from tests.processes import free_port, start_mock
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.config import HealthCheck, Host, Outlier, Service
-from app.forward import make_session
 from app.health import Health, HealthChecker
+from app.session import make_session
 from tests.processes import free_port, start_mock
 
 A, B, C, D = (Host(f"10.0.0.{i}", 80) for i in range(1, 5))

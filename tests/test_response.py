@@ -6,9 +6,10 @@ import pytest
 
 from app.config import Host, Timeout
 from app.errors import UpstreamProtocolError
-from app.forward import Forwarder, make_session
+from app.forward import Forwarder
 from app.request import ProxyRequest
 from app.response import InvalidUpstreamHeader, parse_header_lines
+from app.session import make_session
 from tests.processes import RawServer
 
 
