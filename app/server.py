@@ -163,6 +163,7 @@ class Connection:
         environ = self._environ(head, body)
         response = Response(self, head, body)
         worker = self.server.worker
+        _count_request(worker)  # before the app: the last one's response says close
         result = None
         try:
             result = self.server.app(environ, response.start_response)
@@ -177,7 +178,6 @@ class Connection:
             if hasattr(result, "close"):
                 result.close()
             worker.log.access(response, head, environ, None)
-            _count_request(worker)
         return response.keep_alive and body.done
 
     def _environ(self, head: RequestHead, body: Body) -> dict:
@@ -346,7 +346,6 @@ class Response:
         """The status line and headers, with the framing this response gets."""
         if self.status is None:
             raise RuntimeError("the application did not call start_response")
-        self.head_sent = True
         code = int(self.status[:3])
         request = self.request
         lines = []
@@ -379,8 +378,9 @@ class Response:
             fields += "Connection: close\r\n"
         elif request.version < (1, 1):
             fields += "Connection: keep-alive\r\n"
-        head = f"HTTP/1.1 {self.status}\r\n{_server_and_date()}{fields}\r\n"
-        return head.encode("latin-1")
+        head = f"HTTP/1.1 {self.status}\r\n{_server_and_date()}{fields}\r\n".encode("latin-1")
+        self.head_sent = True
+        return head
 
 
 _FRAMING_HEADERS = frozenset({"connection", "transfer-encoding", "keep-alive"})

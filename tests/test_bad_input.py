@@ -1,4 +1,8 @@
-"""Bad input: each gets a 4xx or a clean close, and the workers live on."""
+"""Bad input: each gets a 4xx or a clean close, and the workers live on.
+
+Every test runs against both HTTP servers a worker can use: lbproxy's own
+(app/server.py, the default) and gunicorn's (PROXY_HTTP_SERVER=gunicorn).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ import requests
 from tests.processes import Proxy, start_mock, write_config
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
+@pytest.fixture(scope="module", params=["lbproxy", "gunicorn"])
+def proxy(request, tmp_path_factory):
     mock = start_mock("bad-input")
     services = [
         {"name": "m", "domain": "m.test", "hosts": [{"address": "127.0.0.1", "port": mock.port}]}
@@ -25,7 +29,8 @@ def proxy(tmp_path_factory):
         "client_timeout": 2,
     }
     config = write_config(tmp_path_factory.mktemp("bad"), services, limits=limits)
-    server = Proxy(config, workers=2)
+    server = Proxy(config, workers=2, env={"PROXY_HTTP_SERVER": request.param})
+    server.http_server = request.param
     deadline = time.monotonic() + 10
     while len(server.children()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -158,3 +163,19 @@ def test_a_client_sending_headers_slowly_is_cut_off_and_holds_no_worker(proxy):
         sock.close()
     assert closed_after is not None, "the slow client was never cut off"
     assert closed_after < 5  # client_timeout is 2 s
+
+
+def test_the_worker_class_is_the_one_asked_for(proxy):
+    expected = {"lbproxy": "app.worker.LeanWorker", "gunicorn": "app.worker.GeventWorker"}
+    assert f"Using worker: {expected[proxy.http_server]}" in proxy.output()
+
+
+def test_an_unsupported_transfer_coding_is_refused(proxy):
+    raw = exchange(proxy, b"POST / HTTP/1.1\r\nHost: m.test\r\nTransfer-Encoding: gzip\r\n\r\nabc")
+    assert status(raw) in (400, 501)
+    assert raw.count(b"HTTP/1.1") == 1
+
+
+def test_a_second_host_header_is_refused(proxy):
+    raw = exchange(proxy, b"GET / HTTP/1.1\r\nHost: m.test\r\nHost: evil.test\r\n\r\n")
+    assert status(raw) == 400
