@@ -1,80 +1,38 @@
-"""gunicorn's gevent worker, with its accept batch sized for a proxy under load.
+"""The worker classes gunicorn.conf.py names; the master loads them without gevent.
 
-gunicorn sets ``max_accept = 1`` on each worker's gevent StreamServer when it
-runs several workers, to spread new connections between them. Under load that
-starves them instead: one accept per turn of the event loop, and a turn that
-serves a few hundred busy connections takes tens of milliseconds, so new
-connections wait seconds in the listen queue (measured: 70 of 400 still
-queued after 5 s, and wrk timeouts). Here each turn accepts up to
-``ACCEPT_BATCH`` connections: new clients get in within one turn, and a batch
-this small still leaves connections for the other workers.
+gunicorn's master imports the worker class to create each worker object,
+which it then forks. Importing gevent there (as gunicorn's own gevent worker
+class does) costs the master 6 MiB that it never uses, and RSS counts it in
+every process. So the classes here are light stand-ins: after the fork, in the
+worker process, ``init_process`` turns the object into the gevent worker of the
+same name in app/gevent_worker.py and carries on as that.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 
-from gunicorn.http.wsgi import base_environ
-from gunicorn.workers import ggevent
-
-from app.http11 import Limits
-from app.server import SERVER_NAME, Server
-
-ACCEPT_BATCH = 16
+from gunicorn.workers.base import Worker
 
 
-class BatchAcceptingServer(ggevent.StreamServer):
-    """A StreamServer whose max_accept stays ACCEPT_BATCH whatever gunicorn sets."""
+class _GeventWorkerAfterFork(Worker):
+    gevent_class = ""  # its name in app/gevent_worker.py
 
-    @property
-    def max_accept(self) -> int:
-        return ACCEPT_BATCH
-
-    @max_accept.setter
-    def max_accept(self, value: int) -> None:
-        pass  # gunicorn's 1: see the module docstring
-
-
-class GeventWorker(ggevent.GeventWorker):
-    def run(self):
-        # ggevent.run() builds its servers from its module's StreamServer name.
-        ggevent.StreamServer = BatchAcceptingServer
-        super().run()
+    def init_process(self):
+        module = importlib.import_module("app.gevent_worker")
+        self.__class__ = getattr(module, self.gevent_class)
+        # gunicorn's AsyncWorker.__init__, which this object did not run:
+        self.worker_connections = self.cfg.worker_connections
+        self.init_process()
 
 
-class LeanWorker(GeventWorker):
-    """The gevent worker, serving HTTP with lbproxy's own server (app/server.py).
+class LeanWorker(_GeventWorkerAfterFork):
+    """gevent worker serving HTTP with lbproxy's own server (the default)."""
 
-    gunicorn's process model, signals, limits and logging stay; only the
-    reading of requests and writing of responses is app/server.py's.
-    """
+    gevent_class = "LeanWorker"
 
-    def handle(self, listener, client, addr):
-        server = self._servers.get(listener)
-        if server is None:
-            server = self._servers[listener] = self._server_for(listener)
-        server.serve(client, addr)
 
-    @functools.cached_property
-    def _servers(self) -> dict:
-        return {}
+class GeventWorker(_GeventWorkerAfterFork):
+    """gevent worker serving HTTP with gunicorn's parser (PROXY_HTTP_SERVER=gunicorn)."""
 
-    def _server_for(self, listener) -> Server:
-        host, port = listener.getsockname()[:2]
-        environ = base_environ(self.cfg)
-        environ.update(
-            {
-                "SERVER_SOFTWARE": SERVER_NAME,
-                "SERVER_NAME": str(host),
-                "SERVER_PORT": str(port),
-                "SCRIPT_NAME": "",
-                "wsgi.url_scheme": "http",
-                "wsgi.multithread": True,
-            }
-        )
-        limits = Limits(
-            request_line=self.cfg.limit_request_line,
-            header_count=self.cfg.limit_request_fields,
-            header_size=self.cfg.limit_request_field_size,
-        )
-        return Server(self.wsgi, environ, limits, self.cfg.keepalive, self)
+    gevent_class = "GeventWorker"

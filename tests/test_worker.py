@@ -6,7 +6,7 @@ import socket
 
 from gunicorn.workers import ggevent
 
-from app.worker import ACCEPT_BATCH, BatchAcceptingServer, GeventWorker
+from app.gevent_worker import ACCEPT_BATCH, BatchAcceptingServer, GeventWorker
 
 
 def test_gunicorn_setting_max_accept_to_1_leaves_the_batch():
@@ -22,3 +22,28 @@ def test_gunicorn_setting_max_accept_to_1_leaves_the_batch():
 def test_the_worker_is_gunicorns_gevent_worker():
     assert issubclass(GeventWorker, ggevent.GeventWorker)
     assert issubclass(BatchAcceptingServer, ggevent.StreamServer)
+
+
+def test_the_master_loads_the_worker_classes_without_gevent():
+    """gunicorn's master imports the worker class: it must not pull in gevent (6 MiB)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, app.worker, app.settings\n"
+        "cls = app.worker.LeanWorker\n"
+        "print(any(name.split('.')[0] == 'gevent' for name in sys.modules), cls.gevent_class)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "LeanWorker"]
+
+
+def test_each_stand_in_names_a_gevent_worker_of_its_own_name():
+    import app.gevent_worker
+    import app.worker
+
+    for name in ("LeanWorker", "GeventWorker"):
+        stand_in = getattr(app.worker, name)
+        real = getattr(app.gevent_worker, stand_in.gevent_class)
+        assert stand_in.gevent_class == name
+        assert issubclass(real, ggevent.GeventWorker)
