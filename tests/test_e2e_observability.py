@@ -247,3 +247,21 @@ def test_readiness_flips_when_every_host_of_a_service_is_down(tmp_path):
     finally:
         proxy.stop()
         flaky.stop()
+
+
+def test_access_log_lines_reach_the_file_within_a_second_or_two_while_running(mock, tmp_path):
+    log = tmp_path / "access.log"
+    proxy = Proxy(
+        write_config(tmp_path, services(mock)), workers=1, env={"PROXY_ACCESS_LOG": str(log)}
+    )
+    try:
+        get(proxy, "web.test", "/while-running")
+        sent = time.monotonic()
+        while time.monotonic() - sent < 5 and "/while-running" not in log.read_text():
+            time.sleep(0.1)
+        waited = time.monotonic() - sent
+        assert "/while-running" in log.read_text()  # flushed by the worker, not at exit
+        assert proxy.process.poll() is None
+    finally:
+        proxy.stop()
+    assert waited < 2.5  # flushed once a second
