@@ -99,20 +99,44 @@ class LeanHTTPResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = Headers(parse_header_lines(http.client._read_headers(self.fp)))
-
-        transfer_encoding = self.headers.get("transfer-encoding")
+        pairs = parse_header_lines(http.client._read_headers(self.fp))
+        self.headers = self.msg = Headers(pairs)
+        # The headers that frame the body, first occurrence of each (as get()), in one pass.
+        framing: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.lower()
+            if key in _FRAMING_HEADERS and key not in framing:
+                framing[key] = value
+        transfer_encoding = framing.get("transfer-encoding")
         self.chunked = bool(transfer_encoding and transfer_encoding.lower() == "chunked")
         self.chunk_left = None
-        self.will_close = self._check_close()
+        self.will_close = _will_close(self.version, framing)
         self.length = None
-        length = self.headers.get("content-length")
+        length = framing.get("content-length")
         if length and not self.chunked and length.isdigit():
             self.length = int(length)
         if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # the body ends when the connection does
+
+
+_FRAMING_HEADERS = frozenset(
+    {"transfer-encoding", "content-length", "connection", "keep-alive", "proxy-connection"}
+)
+
+
+def _will_close(version: int, framing: dict[str, str]) -> bool:
+    """http.client's ``_check_close``: does the upstream close after this response?"""
+    connection = framing.get("connection", "").lower()
+    if version == 11:
+        return "close" in connection
+    keep_alive = (
+        "keep-alive" in framing
+        or "keep-alive" in connection
+        or "keep-alive" in framing.get("proxy-connection", "").lower()
+    )
+    return not keep_alive
 
 
 class UpstreamResponse:

@@ -68,3 +68,14 @@ def test_a_100_continue_is_skipped_and_a_body_read_to_close():
 def test_an_invalid_upstream_header_is_a_502_kind_of_error():
     with pytest.raises(UpstreamProtocolError, match="invalid header line"):
         send(b"HTTP/1.1 200 OK\r\nBroken header line\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_the_upstream_closing_after_a_response_is_read_as_http_client_does():
+    from app.response import _will_close
+
+    assert _will_close(11, {}) is False
+    assert _will_close(11, {"connection": "Close"}) is True
+    assert _will_close(10, {}) is True
+    assert _will_close(10, {"connection": "Keep-Alive"}) is False
+    assert _will_close(10, {"keep-alive": "timeout=5"}) is False
+    assert _will_close(10, {"proxy-connection": "keep-alive"}) is False
