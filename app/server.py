@@ -3,10 +3,10 @@
 gunicorn still runs the process (master, workers, signals, reload, logging);
 this is the part of a worker that reads requests and writes responses, plugged
 in by app/worker.py. It replaces gunicorn's own HTTP code because that is
-where most of a proxied request's CPU went: measured on a 2-core VM, parsing
-and answering took about 170 of 420 µs per request in gunicorn, of which this
-server keeps about a third (docs/bench.md). The parser (app/http11.py) is as
-strict as gunicorn's; the bad-input tests run against both.
+where most of a proxied request's CPU went: measured on a 2-core VM, switching
+to this server took a request from 421 to 264 µs of CPU (docs/bench.md,
+"Profile"). The parser (app/http11.py) is as strict as gunicorn's; the
+bad-input tests run against both.
 
 What it does per connection:
 
