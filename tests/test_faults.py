@@ -87,7 +87,9 @@ def test_killing_and_restarting_a_host_under_load_fails_no_request(three_mocks, 
         "name": "s",
         "domain": "s.test",
         "hosts": hosts(one, two, three),
-        "outlier": {"base_ejection": 2},
+        # Ejections back off 2, 4, 8 s...: capped at 2 s, the restarted host
+        # is back within 2 s of its restart however many probes failed before.
+        "outlier": {"base_ejection": 2, "max_ejection": 2},
     }
     proxy = Proxy(write_config(tmp_path, [service]), workers=2)
     try:
