@@ -175,8 +175,13 @@ class Connection:
         except Exception as error:
             response.fail(error)
         finally:
-            if hasattr(result, "close"):
-                result.close()
+            try:
+                if hasattr(result, "close"):
+                    result.close()
+            except Exception:
+                # The request is logged and the connection ends; the worker goes on.
+                log.exception("lbproxy: error closing the response to %s", head.target)
+                response.keep_alive = False
             worker.log.access(response, head, environ, None)
         return response.keep_alive and body.done
 

@@ -300,3 +300,21 @@ def test_wsgi_input_reads_lines_too():
 
     exchange(app, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\n\r\nab\ncd\nef")
     assert lines == [b"ab\n", b"cd\n", b"ef"]
+
+
+def test_a_failing_close_still_logs_the_request_and_ends_only_the_connection():
+    class Failing:
+        def __iter__(self):
+            return iter([b"ok"])
+
+        def close(self):
+            raise RuntimeError("close failed")
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return Failing()
+
+    worker = Worker()
+    raw = exchange(app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 2, worker)
+    assert raw.endswith(b"\r\n\r\nok") and raw.count(b"HTTP/1.1 200") == 1
+    assert worker.logged == [("200 OK", 2)]
