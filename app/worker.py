@@ -2,8 +2,8 @@
 
 gunicorn's master imports the worker class to create each worker object,
 which it then forks. Importing gevent there (as gunicorn's own gevent worker
-class does) costs the master 6 MiB that it never uses, and RSS counts it in
-every process. So the classes here are light stand-ins: after the fork, in the
+class does) costs the master 6 MiB of RSS for code it never runs (measured:
+32 MiB before, 26 after). So the classes here are light stand-ins: after the fork, in the
 worker process, ``init_process`` turns the object into the gevent worker of the
 same name in app/gevent_worker.py and carries on as that.
 """
