@@ -83,6 +83,7 @@ class Connection:
                 pass
         except RequestError as error:
             self._refuse(error)
+            self._report_refusal(error)
         except OSError:
             pass  # the client left, or stalled past client_timeout
         finally:
@@ -219,6 +220,27 @@ class Connection:
         )
         with contextlib.suppress(OSError):
             self.send(head.encode("latin-1") + body)
+
+
+    def _report_refusal(self, error: RequestError) -> None:
+        """Let the app count and log a request it never saw (``refused_by_server``)."""
+        report = getattr(self.server.app, "refused_by_server", None)
+        if report is None:
+            return
+        environ = self.environ.copy()
+        try:
+            report(environ, int(error.status[:3]))
+            self.server.worker.log.access(_Refusal(error.status), None, environ, None)
+        except Exception:
+            log.exception("lbproxy: error reporting a refused request")
+
+
+class _Refusal:
+    """What the access logger reads of a response the server sent itself."""
+
+    def __init__(self, status: str):
+        self.status = status
+        self.sent = 0
 
 
 class Body:

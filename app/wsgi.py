@@ -20,6 +20,7 @@ from app import settings
 from app.admin import Admin
 from app.config import ProxyConfig, Timeout, load_config
 from app.errors import (
+    BadRequest,
     ProxyError,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -82,6 +83,14 @@ class Proxy:
         response.on_close.append(lambda: self.finish(record, request, response))
         start_response(response.status_line, response.headers)
         return response
+
+    def refused_by_server(self, environ: dict, status: int) -> None:
+        """A request the HTTP server refused before it got here (app/server.py):
+        counted and logged as ``bad_request`` like one this app refuses."""
+        record = environ[ENVIRON_KEY] = Record(request_id(None))
+        record.outcome = BadRequest.kind
+        record.status = status
+        self.finish(record, None)
 
     def finish(self, record: Record, request: ProxyRequest | None, response=None) -> None:
         """The request is over (body sent, or abandoned): count it."""

@@ -158,6 +158,9 @@ def test_access_log_lines_are_json_with_every_field(mock, tmp_path):
             client.sendall(b"GET /f?delay=3 HTTP/1.1\r\nHost: web.test\r\n\r\n")
             time.sleep(0.2)
             overloaded = get(proxy, "web.test", "/g")  # the one slot is taken
+        with socket.create_connection(("127.0.0.1", proxy.port)) as garbage:
+            garbage.sendall(b"GARBAGE\r\n\r\n")  # refused by the HTTP server itself
+            assert garbage.recv(1024).startswith(b"HTTP/1.1 400")
         time.sleep(1.5)
     finally:
         proxy.stop()
@@ -184,6 +187,13 @@ def test_access_log_lines_are_json_with_every_field(mock, tmp_path):
         "/g": ("overloaded", 503, "web"),
         "/f?delay=3": ("client_abort", 400, "web"),
     }
+    refused = by_uri[None]
+    assert (refused["status"], refused["outcome"], refused["client"]) == (
+        400,
+        "bad_request",
+        "127.0.0.1",
+    )
+    assert refused["method"] is None and refused["service"] is None
     for uri, (outcome, status, service) in expected.items():
         line = by_uri[uri]
         assert (line["outcome"], line["status"], line["service"]) == (outcome, status, service), uri

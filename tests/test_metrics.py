@@ -93,6 +93,19 @@ def test_a_404_counts_an_unrouted_error(mocks, sink):
     }
 
 
+def test_a_request_the_server_refused_counts_as_an_unrouted_bad_request(mocks, sink):
+    proxy = proxy_for(mocks, sink)
+    connection_environ = {"REMOTE_ADDR": "127.0.0.1"}
+    proxy.refused_by_server(connection_environ, 431)
+    proxy.metrics.flush()
+    assert datagram(sink) == {
+        "lb.test.unrouted.status.4xx": (1, "c"),
+        "lb.test.unrouted.errors.bad_request": (1, "c"),
+    }
+    record = connection_environ["lbproxy.record"]  # what the access log writes
+    assert (record.status, record.outcome, record.service) == (431, "bad_request", None)
+
+
 def test_a_502_counts_a_connect_error(mocks, sink):
     status, _ = request(proxy_for(mocks, sink), "gone.test")
     assert status.startswith("502")

@@ -318,3 +318,20 @@ def test_a_failing_close_still_logs_the_request_and_ends_only_the_connection():
     raw = exchange(app, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 2, worker)
     assert raw.endswith(b"\r\n\r\nok") and raw.count(b"HTTP/1.1 200") == 1
     assert worker.logged == [("200 OK", 2)]
+
+
+def test_a_refused_request_is_reported_to_the_app_and_logged():
+    reported = []
+
+    def app(environ, start_response):  # never called: the request is refused first
+        raise AssertionError
+
+    app.refused_by_server = lambda environ, status: reported.append(
+        (environ["REMOTE_ADDR"], status)
+    )
+    worker = Worker()
+    raw = exchange(app, b"GET / HTTP/1.1\r\nX-Big: " + b"v" * 300 + b"\r\n\r\n", worker)
+    assert raw.startswith(b"HTTP/1.1 431")
+    assert reported == [("127.0.0.1", 431)]
+    assert worker.logged == [("431 Request Header Fields Too Large", 0)]
+    assert exchange(app, b"", worker) == b"" and len(reported) == 1  # a silent close is not
