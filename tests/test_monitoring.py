@@ -221,15 +221,20 @@ def written(stack):
     return end
 
 
-def run_evaluator(*args: str) -> tuple[int, dict]:
-    done = subprocess.run(
-        [sys.executable, "-m", "monitoring.evaluate", *args, "--json"],
+def evaluate_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m monitoring.evaluate ARGS``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitoring.evaluate", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def run_evaluator(*args: str) -> tuple[int, dict]:
+    done = evaluate_cli(*args, "--json")
     assert done.returncode in (0, 1, 3), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -379,14 +384,7 @@ def test_evaluator_on_the_integration_plans_jtl():
     assert results["availability"]["colour"] == "red"
     assert "shorter than the 5 min hold: judged on the whole run" in results["availability"]["note"]
     assert status == 1
-    text = subprocess.run(
-        [sys.executable, "-m", "monitoring.evaluate", "--jtl", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    text = evaluate_cli("--jtl", str(path))
     assert text.returncode == 1
     assert "availability" in text.stdout and "8000%" in text.stdout
     assert "overall: red (exit 1: red)" in text.stdout
@@ -438,14 +436,7 @@ def test_evaluator_on_a_long_jtl_keeps_the_5_minute_hold(tmp_path):
 def test_evaluator_rejects_what_is_not_a_jtl(tmp_path):
     bogus = tmp_path / "x.jtl"
     bogus.write_text("a,b\n1,2\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "monitoring.evaluate", "--jtl", str(bogus)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = evaluate_cli("--jtl", str(bogus))
     assert done.returncode == 2 and "not a CSV .jtl" in done.stderr
 
 
