@@ -33,7 +33,7 @@ from app.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from app.http11 import send_all
+from app.http11 import field_block, send_all
 from app.request import ProxyRequest
 from app.response import LeanHTTPResponse, UpstreamResponse
 from app.session import Session
@@ -130,7 +130,6 @@ class Forwarder:
 
     def _exchange(self, pool, conn, attempt, request, timeout) -> UpstreamResponse:
         """Send the request on ``conn`` and read the response headers."""
-        conn.timeout = timeout.read
         conn.sock.settimeout(timeout.read)
         started = time.perf_counter()
         try:
@@ -186,10 +185,7 @@ def request_head(method: str, target: str, headers: dict[str, str], framing: str
     """
     if _INVALID_TARGET.search(target) or _INVALID_TARGET.search(method):
         raise ValueError("control character or space in the request target")
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) + framing
-    lines = len(headers) + (1 if framing else 0)
-    if fields.count("\n") != lines or fields.count("\r") != lines or "\x00" in fields:
-        raise ValueError("CR, LF or NUL in a request header")
+    fields = field_block(headers.items()) + framing
     return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")
 
 

@@ -18,6 +18,7 @@ message never quotes the request (an error page must not reflect input).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # RFC 9110 §5.6.2 token; a target of printable ASCII (RFC 3986 has no other bytes).
@@ -155,6 +156,19 @@ def chunk_size(line: bytes) -> int:
     if parsed is None:
         raise RequestError("invalid chunk size line")
     return int(parsed[1], 16)
+
+
+def field_block(fields: Iterable[tuple[str, str]]) -> str:
+    """``name: value\r\n`` lines, for a request or a response head.
+
+    ValueError if a CR, LF or NUL inside a name or value would split a line
+    (header injection): the one check both directions go through.
+    """
+    lines = [f"{name}: {value}\r\n" for name, value in fields]
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\x00" in block:
+        raise ValueError("CR, LF or NUL in a header")
+    return block
 
 
 def send_all(sock, data: bytes) -> None:

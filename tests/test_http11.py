@@ -14,6 +14,7 @@ from app.http11 import (
     UnsupportedTransferCoding,
     UnsupportedVersion,
     chunk_size,
+    field_block,
     parse_head,
     send_all,
 )
@@ -132,3 +133,11 @@ def test_send_all_finishes_a_partial_send():
     sock = Trickle()
     send_all(sock, b"0123456789")
     assert sock.data == b"0123456789"
+
+
+def test_a_field_block_refuses_what_would_split_a_line():
+    assert field_block([("A", "1"), ("b-c", "x y")]) == "A: 1\r\nb-c: x y\r\n"
+    assert field_block([]) == ""
+    for name, value in [("A", "1\r\nB: 2"), ("A", "1\n"), ("A\r", "1"), ("A", "1\x00")]:
+        with pytest.raises(ValueError):
+            field_block([(name, value)])
