@@ -175,12 +175,12 @@ class UpstreamResponse:
                 yield chunk
         except Exception as error:
             # Headers are sent: all we can do is cut the client's connection,
-            # which re-raising makes gunicorn do.
+            # which re-raising makes the HTTP server do (app/server.py or gunicorn's).
             timed_out = isinstance(error, TimeoutError)
             self.failure = UpstreamTimeout.kind if timed_out else UpstreamProtocolError.kind
             raise
-        # Read to the end: closing the response (not the socket) readies the
-        # connection for its next request, as http.client's own read() does.
+        # Read to the end: closing the response closes its file over the
+        # socket, not the socket, which goes back to the pool for the next request.
         self.raw.close()
         self._complete = True
 
