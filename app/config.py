@@ -217,6 +217,9 @@ class Timeout:
     read: float = setting(30.0, seconds)
     # Until the response headers, retries included; None: no limit beyond read.
     total: float | None = setting(None, optional(seconds))
+    # The whole exchange, request body and response body included, retries
+    # too: a peer that sends a byte just inside every read timeout is cut here.
+    response: float = setting(300.0, seconds)
     # Below gunicorn's default keep-alive (2 s): a pooled connection is dropped
     # by us before the upstream closes it under our feet.
     idle: float = setting(1.5, seconds)

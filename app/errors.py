@@ -53,6 +53,14 @@ class ClientAbort(ProxyError):
     message = "the request body ended early or was malformed"
 
 
+class ClientTimeout(ProxyError):
+    """The client sent its body too slowly: ``timeout.response`` passed before its end."""
+
+    status = "408 Request Timeout"
+    kind = "client_timeout"
+    message = "the request body did not arrive in time"
+
+
 class BodyTooLarge(ProxyError):
     status = "413 Content Too Large"
     kind = "body_too_large"
@@ -94,3 +102,10 @@ class UpstreamProtocolError(ProxyError):
     status = "502 Bad Gateway"
     kind = "upstream_error"
     message = "the upstream host sent no valid response"
+
+
+class UpstreamFramingError(UpstreamProtocolError):
+    """The upstream's response broke HTTP/1.1 framing (RFC 9112): never passed on."""
+
+    kind = "upstream_protocol"
+    message = "the upstream host sent an invalid response"

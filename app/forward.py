@@ -1,48 +1,66 @@
-"""Send one request to one upstream host over a pooled keep-alive connection.
+"""Send one request to one upstream host and read the response head.
 
-The connection pools belong to one ``requests.Session`` per worker, configured
-for a proxy rather than a script (see ``make_session``). The hot path takes a
-connection from the session's urllib3 pool (urllib3 connects it, with
-TCP_NODELAY) and speaks HTTP on its socket itself: the request head is written
-in one send, with the target exactly as given (``requests`` re-quotes ``%7e``
-to ``~``; ``urlopen`` upper-cases ``%2f``), and the response is read by
-``http.client``'s response class (app/response.py) as it arrives, without the
-per-request preparation of ``requests`` or the wrapping of urllib3's response.
+The connection comes from the worker's pools (app/pool.py). The request head is
+written in one send, with the target exactly as the client gave it (``requests``
+re-quotes ``%7e`` to ``~``; ``urlopen`` upper-cases ``%2f``). The response head
+is read by lbproxy's strict reader (app/http11.py), never by http.client, which
+is lenient by design: every interim 1xx is skipped, and any framing doubt is a
+502 with the connection closed. The body is left on the connection for
+app/response.py to stream.
 """
 
 from __future__ import annotations
 
-import http.client
-import queue
 import re
-import select
 import socket
 import time
 from dataclasses import dataclass
 
 from gevent.socket import wait_read
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util.connection import is_connection_dropped
 
 from app.config import Host, Timeout
 from app.errors import (
     BadRequest,
     ClientAbort,
+    ClientTimeout,
     ProxyError,
-    UpstreamConnectError,
+    UpstreamFramingError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from app.http11 import field_block, send_all
+from app.http11 import (
+    LAST_CHUNK,
+    RECV_SIZE,
+    IncompleteMessage,
+    ProtocolError,
+    ResponseHead,
+    chunk,
+    field_block,
+    parse_response_head,
+    response_reader,
+    send_all,
+)
+from app.pool import HostPool, Pools, UpstreamConnection, readable
 from app.request import ProxyRequest
-from app.response import LeanHTTPResponse, UpstreamResponse
-from app.session import Session
+from app.response import UpstreamResponse
 
 # While waiting for an upstream, look this often whether the client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
+# The most a response head may take (nginx's proxy_buffer_size is 4-8 KiB; a
+# larger head is an upstream error there too).
+MAX_RESPONSE_HEAD = 64 * 1024
+# Interim responses (100, 102, 103...) skipped before the final one.
+MAX_INTERIM = 16
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class NoResponse(Exception):
+    """The connection ended before any byte of a response (a stale pooled connection)."""
+
 
 # Failures of a kept-alive connection the upstream closed while it sat idle.
-_STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+_STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, NoResponse)
 
 
 @dataclass
@@ -52,162 +70,186 @@ class Attempt:
     host: Host
     connect_time: float | None = None  # None: a pooled connection was reused
     reused: bool = False
+    stale_retries: int = 0
 
 
 class Forwarder:
-    def __init__(self, session: Session):
-        self.session = session
-        self.pools = session.get_adapter("http://").poolmanager
-        self._host_pools: dict[tuple[str, int], object] = {}
-
-    def pool(self, host: Host):
-        """The session's connection pool for ``host``.
-
-        Kept per host: the PoolManager's own lookup (key normalisation, LRU)
-        cost more than the rest of picking a connection. A pool the manager
-        closed (``pool.pool`` is None) is looked up again.
-        """
-        key = (host.address, host.port)
-        pool = self._host_pools.get(key)
-        if pool is None or pool.pool is None:
-            pool = self.pools.connection_from_host(host.address, host.port, scheme="http")
-            self._host_pools[key] = pool
-        return pool
+    def __init__(self, pools: Pools):
+        self.pools = pools
 
     def idle(self, host: Host) -> int:
-        """Idle connections kept open in the host's pool (for the pool gauge)."""
-        pool = self.pool(host)
-        return sum(1 for conn in list(pool.pool.queue) if conn is not None and conn.sock)
+        """Idle connections kept open to ``host`` (for the pool gauge)."""
+        return self.pools.idle(host.address, host.port)
 
-    def send(self, host: Host, request: ProxyRequest, timeout: Timeout) -> UpstreamResponse:
+    def send(
+        self, host: Host, request: ProxyRequest, timeout: Timeout, deadline: float | None = None
+    ) -> UpstreamResponse:
         """Forward ``request`` to ``host``; return the response with its body unread.
 
         Raises UpstreamConnectError when nothing was sent (safe to try another
         host), UpstreamTimeout, UpstreamProtocolError or ClientAbort otherwise.
         A pooled connection that the upstream closed while idle is retried once
         on a fresh connection, provided no body byte was taken from the client.
+        ``deadline`` (monotonic) bounds the whole exchange, body included.
         """
-        pool = self.pool(host)
+        pool = self.pools.get(host.address, host.port)
         attempt = Attempt(host)
-        # A request that can be replayed is retried if its pooled connection
-        # turns out stale; one that cannot is worth a poll() to check it first.
-        conn = self._connection(pool, attempt, timeout, check=not request.replayable_always)
+        connection = self._checkout(pool, attempt, timeout)
         try:
-            return self._exchange(pool, conn, attempt, request, timeout)
+            return self._exchange(pool, connection, attempt, request, timeout, deadline)
         except _STALE_CONNECTION:
             if not attempt.reused or not request.replayable:
                 raise UpstreamProtocolError("connection reset by the upstream") from None
-        conn = self._connection(pool, attempt, timeout, fresh=True)
+        attempt.stale_retries += 1
+        connection = self._connect(pool, attempt, timeout)
         try:
-            return self._exchange(pool, conn, attempt, request, timeout)
+            return self._exchange(pool, connection, attempt, request, timeout, deadline)
         except _STALE_CONNECTION:
             raise UpstreamProtocolError("connection reset by the upstream") from None
 
-    def _connection(self, pool, attempt: Attempt, timeout: Timeout, fresh=False, check=False):
-        """A connected connection: pooled if one is fresh enough, else a new one."""
-        try:
-            conn = pool.pool.get(block=False) or pool._new_conn()
-        except (queue.Empty, AttributeError):  # none idle, or the pool was closed
-            conn = pool._new_conn()
-        if conn.sock is not None and (
-            fresh
-            or time.monotonic() - getattr(conn, "lbproxy_idle_since", 0.0) > timeout.idle
-            or (check and is_connection_dropped(conn))
-        ):
-            conn.close()
-        attempt.reused = conn.sock is not None
-        if attempt.reused:
-            return conn
-        conn.timeout = timeout.connect
+    def _checkout(self, pool: HostPool, attempt: Attempt, timeout: Timeout):
         started = time.perf_counter()
-        try:
-            conn.connect()
-        except (NewConnectionError, ConnectTimeoutError, OSError) as error:
-            pool._put_conn(conn)
-            raise UpstreamConnectError(f"{attempt.host.name}: {error}") from None
-        attempt.connect_time = time.perf_counter() - started
-        return conn
+        connection, attempt.reused = pool.checkout(timeout.connect, timeout.idle)
+        if not attempt.reused:
+            attempt.connect_time = time.perf_counter() - started
+        return connection
 
-    def _exchange(self, pool, conn, attempt, request, timeout) -> UpstreamResponse:
-        """Send the request on ``conn`` and read the response headers."""
-        conn.sock.settimeout(timeout.read)
+    def _connect(self, pool: HostPool, attempt: Attempt, timeout: Timeout):
+        started = time.perf_counter()
+        connection = pool.connect(timeout.connect)
+        attempt.reused = False
+        attempt.connect_time = time.perf_counter() - started
+        return connection
+
+    def _exchange(
+        self,
+        pool: HostPool,
+        connection: UpstreamConnection,
+        attempt: Attempt,
+        request: ProxyRequest,
+        timeout: Timeout,
+        deadline: float | None,
+    ) -> UpstreamResponse:
+        """Send the request on ``connection`` and read the response head."""
+        connection.start_exchange(timeout.read, deadline)
         started = time.perf_counter()
         try:
-            _send_request(conn.sock, request)
-            _wait_for_response(conn.sock, request.client_socket, timeout.read)
-            raw = LeanHTTPResponse(conn.sock, method=request.method)
-            raw.begin()
+            _send_request(connection, request)
+            if not connection.stream.pending:
+                _wait_for_response(connection, request.client_socket)
+            head = read_response_head(connection, request.method)
         except BaseException as error:
-            conn.close()
-            pool._put_conn(conn)
+            pool.discard(connection)
             raise _translate(error) from None
         return UpstreamResponse(
-            raw,
-            release=lambda reusable: _release(pool, conn, reusable),
+            head,
+            response_reader(head),
+            connection,
+            pool,
             host=attempt.host,
             request_id=request.request_id,
             connect_time=attempt.connect_time,
             upstream_time=time.perf_counter() - started,
+            stale_retries=attempt.stale_retries,
         )
 
 
-def _send_request(sock, request: ProxyRequest) -> None:
-    """Write the request head in one send, then the body (re-chunked if it came chunked)."""
+def read_response_head(connection: UpstreamConnection, method: str) -> ResponseHead:
+    """The final response's head; interim 1xx responses are read and dropped.
+
+    NoResponse when the connection ends before any byte (a stale connection);
+    ProtocolError for anything that is not a valid HTTP/1.1 response head.
+    """
+    stream = connection.stream
+    for interim in range(MAX_INTERIM + 1):
+        text = _read_head(stream, first=interim == 0)
+        head = parse_response_head(text, method)
+        if head.status == 101:
+            raise ProtocolError("101 Switching Protocols to a request that asked for none")
+        if not head.interim:
+            return head
+    raise ProtocolError("too many interim responses")
+
+
+def _read_head(stream, first: bool) -> str:
+    data = stream.pending
+    searched = 0
+    while (end := data.find(b"\r\n\r\n", searched)) < 0:
+        if len(data) > MAX_RESPONSE_HEAD:
+            raise ProtocolError("response head too large")
+        if _BARE_LF.search(data):
+            raise ProtocolError("a bare LF in a response head")
+        searched = max(0, len(data) - 3)
+        received = stream.recv(RECV_SIZE)
+        if not received:
+            stream.pending = b""
+            if first and not data:
+                raise NoResponse()
+            raise IncompleteMessage("the upstream closed inside a response head")
+        data += received
+    if end > MAX_RESPONSE_HEAD:
+        raise ProtocolError("response head too large")
+    stream.pending = data[end + 4 :]
+    return data[:end].decode("latin-1")
+
+
+def _send_request(connection: UpstreamConnection, request: ProxyRequest) -> None:
+    """Write the request head in one send, then the body (re-chunked if it came chunked).
+
+    A client that sends its body too slowly gets 408 once the exchange's time is up.
+    """
+    sock = connection.sock
     body = request.body
     framing = ""
     if body is not None:
+        framing = f"Content-Length: {body.length}\r\n"
         if body.chunked:
             framing = "Transfer-Encoding: chunked\r\n"
-        elif "Content-Length" not in request.headers:
-            framing = f"Content-Length: {body.length}\r\n"
     send_all(sock, request_head(request.method, request.target, request.headers, framing))
     if body is None:
         return
+    deadline = connection.deadline
+    for data in body:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ClientTimeout("timeout.response reached while the client sent its body")
+        sock.sendall(chunk(data) if body.chunked else data)
     if body.chunked:
-        for chunk in body:
-            sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        sock.sendall(b"0\r\n\r\n")
-        return
-    for chunk in body:
-        sock.sendall(chunk)
+        sock.sendall(LAST_CHUNK)
 
 
 # As http.client refuses them: a target with a control character or space.
 _INVALID_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
-def request_head(method: str, target: str, headers: dict[str, str], framing: str = "") -> bytes:
+def request_head(
+    method: str, target: str, headers: list[tuple[str, str]], framing: str = ""
+) -> bytes:
     """The request line and headers, ready to send.
 
     ValueError for a target or header that would change the message's meaning
     on the wire (control characters, CR or LF): a second guard after the
-    server's parser, as http.client's own checks were.
+    server's parser.
     """
     if _INVALID_TARGET.search(target) or _INVALID_TARGET.search(method):
         raise ValueError("control character or space in the request target")
-    fields = field_block(headers.items()) + framing
+    fields = field_block(headers) + framing
     return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")
 
 
-def _release(pool, conn, reusable: bool) -> None:
-    """Give the connection back: kept alive if its response was read to the end."""
-    if reusable:
-        conn.lbproxy_idle_since = time.monotonic()
-    else:
-        conn.close()
-    pool._put_conn(conn)
-
-
-def _wait_for_response(upstream, client, read_timeout: float) -> None:
+def _wait_for_response(connection: UpstreamConnection, client) -> None:
     """Wait for the upstream's first byte; give up if the client leaves meanwhile.
 
     A client that disconnects must not hold an upstream connection (and a
     slot of the upstream) until the read timeout: every CLIENT_CHECK_INTERVAL
     the client socket is checked for end-of-file.
     """
-    if client is None or upstream is None:
+    if client is None:
         return
-    deadline = time.monotonic() + read_timeout
+    upstream = connection.sock
+    limit = connection.read_timeout
+    if connection.deadline is not None:
+        limit = min(limit, connection.deadline - time.monotonic())
+    deadline = time.monotonic() + limit
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -226,9 +268,8 @@ class _StillWaiting(Exception):
 
 def _client_gone(client) -> bool:
     try:
-        readable, _, _ = select.select([client], [], [], 0)
         # Readable with no data is end-of-file; data is a pipelined request.
-        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+        return readable(client) and client.recv(1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):
         return True
 
@@ -239,8 +280,10 @@ def _translate(error: BaseException) -> BaseException:
         return error
     if isinstance(error, TimeoutError):
         return UpstreamTimeout(str(error))
-    if isinstance(error, ValueError):  # http.client refused a header or target we were given
+    if isinstance(error, ProtocolError):
+        return UpstreamFramingError(str(error))
+    if isinstance(error, ValueError):  # a header or target we were given cannot be sent
         return BadRequest(f"the request cannot be forwarded ({error})")
-    if isinstance(error, (OSError, http.client.HTTPException)):
+    if isinstance(error, OSError):
         return UpstreamProtocolError(f"{type(error).__name__}: {error}")
     return error

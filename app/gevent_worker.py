@@ -21,7 +21,7 @@ import functools
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers import ggevent
 
-from app.http11 import Limits
+from app.http11 import HeadLimits
 from app.server import SERVER_NAME, Server
 
 ACCEPT_BATCH = 64
@@ -76,7 +76,7 @@ class LeanWorker(GeventWorker):
                 "wsgi.multithread": True,
             }
         )
-        limits = Limits(
+        limits = HeadLimits(
             request_line=self.cfg.limit_request_line,
             header_count=self.cfg.limit_request_fields,
             header_size=self.cfg.limit_request_field_size,

@@ -1,9 +1,14 @@
-"""Turn a WSGI environ into the request lbproxy will forward.
+"""Turn a WSGI request into the request lbproxy will forward.
 
 Three things matter here: the routing key (which domain the client asked
-for), the request target byte for byte (``PATH_INFO`` is percent-decoded, so we
-use gunicorn's ``RAW_URI``), and the body as a stream that is read only as it
-is sent upstream.
+for), the request target byte for byte (``PATH_INFO`` is percent-decoded, so it
+is never used), and the body as a stream that is read only as it is sent
+upstream.
+
+lbproxy's own server (app/server.py) hands over the request head it parsed
+(``environ["lbproxy.request_head"]``): target, Host and header fields are
+taken from it as they are. Under gunicorn's server they are rebuilt from the
+environ (``RAW_URI``, the ``HTTP_*`` keys).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from app.errors import BadRequest, BodyTooLarge, ClientAbort, MethodNotAllowed
-from app.headers import add_forwarded, request_headers
+from app.headers import environ_fields, upstream_headers
+from app.http11 import ContentTooLarge, ProtocolError, RequestHead, split_target
 
 BODY_CHUNK = 64 * 1024
+HEAD_KEY = "lbproxy.request_head"  # the parsed head, from app/server.py
 
 # A DNS name or IPv4 literal (RFC 3986 reg-name, as names are really written).
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -26,7 +33,7 @@ class ProxyRequest:
     method: str
     target: str  # origin-form ("/path?query") exactly as the client sent it
     domain: str  # routing key: lower-case host name, no port
-    headers: dict[str, str]
+    headers: list[tuple[str, str]]  # as sent upstream, in order
     body: RequestBody | None
     client_socket: object = None  # watched for a client that leaves while we wait
     request_id: str = ""
@@ -45,28 +52,48 @@ class ProxyRequest:
 def parse_request(
     environ: dict, max_body_size: int | None = None, request_id: str = ""
 ) -> ProxyRequest:
-    method = environ["REQUEST_METHOD"]
-    if method == "CONNECT":
+    if environ["REQUEST_METHOD"] == "CONNECT":
         raise MethodNotAllowed()
-    target, authority = split_target(raw_target(environ))
+    head: RequestHead | None = environ.get(HEAD_KEY)
+    if head is not None:
+        method, target, authority, host, fields = (
+            head.method,
+            head.path,
+            head.authority,
+            head.host,
+            head.headers,
+        )
+    else:
+        method, target, authority, host, fields = _from_environ(environ)
     # RFC 9112 §3.2.2: an absolute-form target's authority replaces the Host header.
-    host_header = authority or environ.get("HTTP_HOST")
+    host_header = authority or host
     if not host_header:
         raise BadRequest("missing Host header")
     domain = domain_of(host_header)
-    headers = request_headers(environ)
-    headers["Host"] = host_header
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    add_forwarded(
-        headers,
+    headers = upstream_headers(
+        fields,
+        host=host_header,
         client=environ.get("REMOTE_ADDR", ""),
         proto=environ.get("wsgi.url_scheme", "http"),
-        host=host_header,
+        request_id=request_id,
     )
-    body = request_body(environ, max_body_size)
+    body = request_body(environ, head, max_body_size)
     client = environ.get("gunicorn.socket")
     return ProxyRequest(method, target, domain, headers, body, client, request_id)
+
+
+def _from_environ(environ: dict):
+    """(method, origin-form target, authority, Host, fields) off gunicorn's environ."""
+    method = environ["REQUEST_METHOD"]
+    try:
+        target, authority = split_target(raw_target(environ))
+    except ProtocolError as error:
+        raise BadRequest(str(error)) from None
+    host = environ.get("HTTP_HOST")
+    # RFC 9112 §3.2: a 1.1 request without Host is refused, absolute-form or not.
+    if host is None and environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
+        raise BadRequest("missing Host header")
+    return method, target, authority, host, environ_fields(environ)
 
 
 def raw_target(environ: dict) -> str:
@@ -78,24 +105,6 @@ def raw_target(environ: dict) -> str:
     path = quote(path.encode("latin-1"), safe="/;=@:!$&'()*+,~-._")
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path or "/"
-
-
-def split_target(raw: str) -> tuple[str, str | None]:
-    """Split an absolute-form target into (origin-form target, authority).
-
-    Origin-form ("/a?b") and asterisk-form ("*") come back unchanged with no
-    authority.
-    """
-    scheme, sep, rest = raw.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        return raw, None
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, target = rest[:cut], rest[cut:]
-    if not authority or "@" in authority:
-        raise BadRequest("invalid authority in absolute-form request target")
-    if target.startswith("?"):
-        target = "/" + target
-    return target or "/", authority
 
 
 def domain_of(host_header: str) -> str:
@@ -116,24 +125,33 @@ def _is_port_suffix(text: str) -> bool:
     return text.startswith(":") and text[1:].isdigit()
 
 
-def request_body(environ: dict, limit: int | None = None) -> RequestBody | None:
-    length = environ.get("CONTENT_LENGTH")
-    if length:
-        if limit is not None and int(length) > limit:
-            raise BodyTooLarge(f"Content-Length {length} > {limit}")
-        return RequestBody(environ["wsgi.input"], int(length))
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+def request_body(
+    environ: dict, head: RequestHead | None = None, limit: int | None = None
+) -> RequestBody | None:
+    if head is not None:
+        length, chunked = head.content_length, head.chunked
+    else:
+        value = environ.get("CONTENT_LENGTH")
+        length = int(value) if value else None
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if chunked:
         return RequestBody(environ["wsgi.input"], None, limit)
+    if length:
+        if limit is not None and length > limit:
+            raise BodyTooLarge(f"Content-Length {length} > {limit}")
+        return RequestBody(environ["wsgi.input"], length)
     return None
 
 
 class RequestBody:
-    """The client's body, read chunk by chunk as it is sent upstream.
+    """The client's body, read as it arrives and sent upstream piece by piece.
 
-    ``length`` is None for a chunked body (gunicorn has already de-chunked it;
-    it is re-chunked upstream); ``limit`` caps such a body as it streams.
-    ``started`` tells whether any byte was taken from the client: after that
-    the request can no longer be replayed.
+    ``length`` is None for a chunked body (the server has de-chunked it; it is
+    re-chunked upstream); ``limit`` caps such a body as it streams, with a 413
+    as soon as the byte past it arrives. A stream with ``read1`` (lbproxy's
+    server) hands over whatever has arrived rather than waiting for 64 KiB. ``started`` tells
+    whether any byte was taken from the client: after that the request can no
+    longer be replayed.
     """
 
     def __init__(self, stream, length: int | None, limit: int | None = None):
@@ -149,13 +167,21 @@ class RequestBody:
 
     def __iter__(self):
         self.started = True
+        read = getattr(self.stream, "read1", None) or self.stream.read
         remaining = self.length
         total = 0
         while remaining is None or remaining > 0:
             size = BODY_CHUNK if remaining is None else min(BODY_CHUNK, remaining)
+            if self.limit is not None:
+                # Never wait for more than the byte that passes the limit: a read
+                # that blocks until it has all it asked for (gunicorn's) would
+                # otherwise sit on an over-limit upload that stalls.
+                size = min(size, self.limit - total + 1)
             try:
-                chunk = self.stream.read(size)
-            except Exception as error:  # gunicorn raises its parse errors or OSError
+                chunk = read(size)
+            except ContentTooLarge as error:
+                raise BodyTooLarge(str(error)) from None
+            except Exception as error:  # the server's parse errors, or OSError
                 raise ClientAbort(str(error)) from error
             if not chunk:
                 if remaining:

@@ -32,21 +32,27 @@ from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
 
 from app.http11 import (
+    LAST_CHUNK,
+    NO_BODY,
+    RECV_SIZE,
+    ChunkedReader,
     HeaderFieldsTooLarge,
-    IncompleteBody,
-    Limits,
-    RequestError,
+    HeadLimits,
+    LengthReader,
+    ProtocolError,
     RequestHead,
     RequestLineTooLong,
-    chunk_size,
+    Stream,
+    chunk,
+    content_length,
     field_block,
-    parse_head,
+    parse_request_head,
+    response_has_body,
     send_all,
 )
+from app.request import HEAD_KEY
 
 SERVER_NAME = "lbproxy"
-RECV_SIZE = 64 * 1024
-_MAX_CHUNK_LINE = 1024
 
 log = logging.getLogger("gunicorn.error")
 
@@ -54,7 +60,7 @@ log = logging.getLogger("gunicorn.error")
 class Server:
     """What every connection of one listener shares."""
 
-    def __init__(self, app, base_environ: dict, limits: Limits, timeout: float, worker):
+    def __init__(self, app, base_environ: dict, limits: HeadLimits, timeout: float, worker):
         self.app = app
         self.base_environ = base_environ
         self.limits = limits
@@ -73,7 +79,7 @@ class Connection:
         self.server = server
         self.sock = sock
         self.environ = environ  # the connection's part of every request's environ
-        self.pending = b""  # bytes received but not consumed yet (pipelining)
+        self.stream = Stream(sock.recv)  # and the bytes received but not consumed yet
 
     def serve(self) -> None:
         try:
@@ -82,7 +88,7 @@ class Connection:
             # kept alive (with "Connection: close"): closing under it would reset it.
             while (head := self._read_head()) is not None and self._respond(head):
                 pass
-        except RequestError as error:
+        except ProtocolError as error:
             self._refuse(error)
             self._report_refusal(error)
         except OSError:
@@ -95,7 +101,7 @@ class Connection:
     def _read_head(self) -> RequestHead | None:
         """The next request's head; None when the client closes or idles out."""
         deadline = time.monotonic() + self.server.timeout
-        data = self.pending.lstrip(b"\r\n")  # RFC 9112 §2.2: empty lines before a request
+        data = self.stream.pending.lstrip(b"\r\n")  # RFC 9112 §2.2: empty lines before a request
         searched = 0
         while (end := data.find(b"\r\n\r\n", searched)) < 0:
             self._check_partial_head(data)
@@ -104,8 +110,8 @@ class Connection:
             if not received:
                 return None
             data = data + received if data else received.lstrip(b"\r\n")
-        self.pending = data[end + 4 :]
-        return parse_head(data[:end].decode("latin-1"), self.server.limits)
+        self.stream.pending = data[end + 4 :]
+        return parse_request_head(data[:end].decode("latin-1"), self.server.limits)
 
     def _check_partial_head(self, data: bytes) -> None:
         """Refuse a head over the limits before it has all arrived."""
@@ -135,27 +141,6 @@ class Connection:
             return b""
         finally:
             self.sock.settimeout(self.server.timeout)
-
-    def read_some(self, size: int) -> bytes:
-        """Up to ``size`` (> 0) body bytes, at least one; IncompleteBody on end-of-file."""
-        if not self.pending:
-            self.pending = self.sock.recv(RECV_SIZE)
-            if not self.pending:
-                raise IncompleteBody("the client closed before the end of the body")
-        data, self.pending = self.pending[:size], self.pending[size:]
-        return data
-
-    def read_line(self, limit: int) -> bytes:
-        """One CRLF-terminated line of a chunked body, without its CRLF."""
-        while (end := self.pending.find(b"\r\n")) < 0:
-            if len(self.pending) > limit:
-                raise RequestError("chunked body line too long")
-            received = self.sock.recv(RECV_SIZE)
-            if not received:
-                raise IncompleteBody("the client closed inside a chunked body")
-            self.pending += received
-        line, self.pending = self.pending[:end], self.pending[end + 2 :]
-        return line
 
     # -- one request ------------------------------------------------------
 
@@ -189,13 +174,10 @@ class Connection:
 
     def _environ(self, head: RequestHead, body: Body) -> dict:
         environ = self.environ.copy()
-        target = head.target
-        path, _, query = target.partition("?")
-        if not path.startswith("/"):  # absolute-form (or "*"): the path after the authority
-            _scheme, _, rest = path.partition("://")
-            path = "/" + rest.partition("/")[2] if rest else path
+        path, _, query = head.path.partition("?")
+        environ[HEAD_KEY] = head  # the app takes target, Host and fields from it as parsed
         environ["REQUEST_METHOD"] = head.method
-        environ["RAW_URI"] = target
+        environ["RAW_URI"] = head.target
         environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
         environ["QUERY_STRING"] = query
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == (1, 1) else "HTTP/1.0"
@@ -212,7 +194,7 @@ class Connection:
     def send(self, data: bytes) -> None:
         send_all(self.sock, data)
 
-    def _refuse(self, error: RequestError) -> None:
+    def _refuse(self, error: ProtocolError) -> None:
         body = f"{error.status}: {error}\n".encode("latin-1", "replace")
         head = (
             f"HTTP/1.1 {error.status}\r\n{_server_and_date()}"
@@ -222,7 +204,7 @@ class Connection:
         with contextlib.suppress(OSError):
             self.send(head.encode("latin-1") + body)
 
-    def _report_refusal(self, error: RequestError) -> None:
+    def _report_refusal(self, error: ProtocolError) -> None:
         """Let the app count and log a request it never saw (``refused_by_server``)."""
         report = getattr(self.server.app, "refused_by_server", None)
         if report is None:
@@ -248,33 +230,41 @@ class Body:
 
     def __init__(self, connection: Connection, head: RequestHead):
         self.connection = connection
-        self.chunked = head.chunked
-        self.remaining = head.content_length or 0  # of a Content-Length body
-        self.chunk_left = 0  # of the current chunk
+        self.stream = connection.stream
+        limits = connection.server.limits
+        if head.chunked:
+            self.reader = ChunkedReader(limits.header_count, limits.header_size)
+        elif head.content_length:
+            self.reader = LengthReader(head.content_length)
+        else:
+            self.reader = NO_BODY
         self.expect_continue = head.expect_continue
-        self.done = not self.chunked and self.remaining == 0
-        self.limits = connection.server.limits
 
-    def read(self, size: int | None = -1) -> bytes:
-        """``size`` bytes (all if negative), fewer only at the end of the body."""
-        if self.done:
-            return b""
+    @property
+    def done(self) -> bool:
+        return self.reader.done
+
+    def read1(self, size: int = RECV_SIZE) -> bytes:
+        """What has arrived, up to ``size`` (> 0) bytes, at least one; b"" at the end."""
         if self.expect_continue:
             self.expect_continue = False
             self.connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return self.reader.read(self.stream, size)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """``size`` bytes (all if negative), fewer only at the end of the body."""
         want = float("inf") if size is None or size < 0 else size
         parts = []
-        while want > 0 and not self.done:
-            part = self._read_chunked(want) if self.chunked else self._read_length(want)
+        while want > 0 and (part := self.read1(int(min(want, RECV_SIZE)))):
             want -= len(part)
             parts.append(part)
         return b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
-        """WSGI asks for it; a proxy streams with read()."""
+        """WSGI asks for it; a proxy streams with read1()."""
         line = b""
         while not line.endswith(b"\n") and (size is None or size < 0 or len(line) < size):
-            part = self.read(1)
+            part = self.read1(1)
             if not part:
                 break
             line += part
@@ -283,34 +273,6 @@ class Body:
     def __iter__(self):
         while line := self.readline():
             yield line
-
-    def _read_length(self, want: float) -> bytes:
-        part = self.connection.read_some(int(min(want, self.remaining)))
-        self.remaining -= len(part)
-        self.done = self.remaining == 0
-        return part
-
-    def _read_chunked(self, want: float) -> bytes:
-        connection = self.connection
-        if self.chunk_left == 0:
-            size = chunk_size(connection.read_line(_MAX_CHUNK_LINE))
-            if size == 0:
-                self._skip_trailers()
-                return b""
-            self.chunk_left = size
-        part = connection.read_some(int(min(want, self.chunk_left)))
-        self.chunk_left -= len(part)
-        if self.chunk_left == 0 and connection.read_line(2) != b"":
-            raise RequestError("chunk data not followed by CRLF")
-        return part
-
-    def _skip_trailers(self) -> None:
-        """Trailer fields are dropped (a proxy may: RFC 9110 §6.5.1), within the limits."""
-        for _ in range(self.limits.header_count + 1):
-            if self.connection.read_line(self.limits.header_size) == b"":
-                self.done = True
-                return
-        raise HeaderFieldsTooLarge("too many trailer fields")
 
 
 class Response:
@@ -341,7 +303,7 @@ class Response:
             data = data[: self.length - self.sent]  # more than announced: never sent
             self.keep_alive = False
         if data and self.chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
+            data = chunk(data)
         elif not data and not head:
             return
         self.sent += len(data)
@@ -352,7 +314,7 @@ class Response:
         if not self.head_sent:
             self.connection.send(self._head(final=True))
         elif self.chunked:
-            self.connection.send(b"0\r\n\r\n")
+            self.connection.send(LAST_CHUNK)
         elif self.length is not None and self.sent < self.length:
             self.keep_alive = False  # fewer bytes than announced: only a close tells the client
 
@@ -379,12 +341,12 @@ class Response:
         for name, value in self.headers:
             lower = name.lower()
             if lower == "content-length":
-                self.length = int(value)
+                self.length = content_length([value])
             elif lower in _FRAMING_HEADERS:
                 continue  # the server's to decide
             kept.append((name, value))
         fields = field_block(kept)
-        if code < 200 or code in (204, 304) or request.method == "HEAD":
+        if not response_has_body(request.method, code):
             self.length = 0  # no body, whatever Content-Length says
         elif self.length is None:
             if final:

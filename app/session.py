@@ -1,6 +1,9 @@
-"""The pooled ``requests.Session`` each worker forwards through, made for a proxy.
+"""The ``requests.Session`` each worker keeps, made for a proxy.
 
-It owns the connection pools: app/forward.py takes connections from them.
+It owns the upstream connection settings: the pool depth per host and the
+socket options, which the hot path's pools (app/pool.py) take from its
+adapter (``Pools.from_session``). Health-check probes go through the Session
+itself (app/health.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Unable to find acceptable character detection")
     from requests import Session
     from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection
 
 __all__ = ["Session", "make_session"]
 
@@ -31,7 +35,9 @@ def make_session(hosts: int, connections_per_host: int) -> Session:
     - cookies are refused, so one client's Set-Cookie never joins another's
       request;
     - no default headers (User-Agent, Accept-Encoding) of its own;
-    - proxy settings in the environment (HTTP_PROXY, ...) are ignored.
+    - proxy settings in the environment (HTTP_PROXY, ...) are ignored;
+    - sockets with urllib3's options (TCP_NODELAY: a request head is never
+      held back waiting for an ACK).
     """
     session = Session()
     session.trust_env = False
@@ -43,6 +49,12 @@ def make_session(hosts: int, connections_per_host: int) -> Session:
         pool_maxsize=max(connections_per_host, 1),
         max_retries=0,
         pool_block=False,
+    )
+    adapter.init_poolmanager(
+        max(hosts, 1),
+        max(connections_per_host, 1),
+        block=False,
+        socket_options=HTTPConnection.default_socket_options,
     )
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -30,6 +30,7 @@ from app.forward import Forwarder
 from app.health import HealthChecker
 from app.master import active_config
 from app.metrics import Metrics, statsd_settings
+from app.pool import Pools
 from app.record import ENVIRON_KEY, Record, request_id
 from app.request import ProxyRequest, parse_request
 from app.response import UpstreamResponse
@@ -52,7 +53,7 @@ class Proxy:
         self.admin = Admin(self.router)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
-        self.forwarder = Forwarder(make_session(len(config.hosts), concurrency))
+        self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))
         self.metrics = Metrics(statsd_settings(config.statsd))
 
     def start_background(self, spawn) -> None:
@@ -81,6 +82,7 @@ class Proxy:
         record.connect_time = response.connect_time
         record.upstream_time = response.upstream_time
         response.on_close.append(lambda: self.finish(record, request, response))
+        response.start_response = start_response
         start_response(response.status_line, response.headers)
         return response
 
@@ -96,6 +98,7 @@ class Proxy:
         """The request is over (body sent, or abandoned): count it."""
         if response is not None:
             record.bytes_out = response.bytes_sent
+            record.status = response.status  # a body that broke off first thing: 502 or 504
             if response.failure:
                 record.outcome = response.failure
         if request is not None and request.body is not None:
@@ -114,7 +117,9 @@ class Proxy:
         """
         route.admit()
         service = route.service
-        deadline = time.monotonic() + service.timeout.total if service.timeout.total else None
+        started = time.monotonic()
+        deadline = started + service.timeout.total if service.timeout.total else None
+        exchange_deadline = started + service.timeout.response
         tried = []
         last_error: ProxyError | None = None
         while True:
@@ -129,7 +134,7 @@ class Proxy:
             record.upstream = host.name
             record.retries = len(tried) - 1
             try:
-                response = self.forwarder.send(host, request, timeout)
+                response = self.forwarder.send(host, request, timeout, exchange_deadline)
             except (UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout) as error:
                 route.release(host)
                 route.health.record_failure(host)
@@ -141,6 +146,7 @@ class Proxy:
             except BaseException:
                 route.release(host)
                 raise
+            record.retries += response.stale_retries
             if response.status >= 500 and service.outlier.count_5xx:
                 route.health.record_failure(host)
             else:
@@ -153,6 +159,7 @@ class Proxy:
                 last_error = UpstreamProtocolError(f"{host.name} answered {response.status}")
                 continue
             response.on_close.append(partial(route.release, host))
+            response.on_failure = partial(route.health.record_failure, host)
             return response
 
     @staticmethod

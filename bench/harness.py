@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import load, peers, procs, report
+from bench import load, micro, peers, procs, report
 from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
 
 REPO = peers.REPO
 INSTALL = REPO / "scripts" / "install" / "bench.sh"
-SECTIONS = ("main", "bodies", "concurrency", "domains")
+SECTIONS = ("main", "bodies", "concurrency", "domains", "micro")
 MAIN_CONNECTIONS = (1, 100, 400)
 SWEEP_CONNECTIONS = (1, 10, 100, 400, 1000)
 SWEEP_PEERS = ("haproxy", "lbproxy-2w")
@@ -563,6 +563,8 @@ def run(options: Options) -> dict:
         "versions": versions(python_peers),
     }
     data["load_before"] = wait_for_quiet(options.wait_quiet)
+    if "micro" in options.sections:
+        data["micro"] = micro.measure()
     runner = Runner(options)
     data["tmp"] = str(runner.tmp)
     previous = signal.signal(signal.SIGTERM, _interrupt)

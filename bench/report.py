@@ -359,6 +359,18 @@ def headline(data: dict) -> list[str]:
     ]
 
 
+MICRO_STEPS = {
+    "reuse_check_us": "reuse check: poll of an idle pooled connection at checkout",
+    "response_head_us": "upstream response head parsed (9 fields)",
+    "request_head_us": "client request head parsed (5 fields)",
+}
+
+
+def micro_table(micro: dict) -> list[str]:
+    lines = [[label, _num(micro.get(key), 2)] for key, label in MICRO_STEPS.items()]
+    return _table(["step", "µs per call"], lines)
+
+
 def markdown(data: dict, brief: bool = False) -> str:
     out = ["# lbproxy benchmark", ""]
     out += [*headline(data), ""]
@@ -382,6 +394,9 @@ def markdown(data: dict, brief: bool = False) -> str:
         if any(r["section"] == "concurrency" for r in data["results"]):
             out += ["## Concurrency (1 KiB body)", "", *concurrency_table(data), ""]
         out += ["## lbproxy variants", "", *variants(data), ""]
+        if data.get("micro"):
+            out += ["## Steps of the hot path, in process (µs per call)", ""]
+            out += [*micro_table(data["micro"]), ""]
         out += ["## Commands", ""]
         upstream = data.get("upstream", {}).get("command")
         if upstream:

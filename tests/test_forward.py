@@ -13,6 +13,7 @@ import responses
 from app.config import Host, Timeout
 from app.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from app.forward import Forwarder
+from app.pool import Pools
 from app.request import ProxyRequest, RequestBody
 from app.session import make_session
 from tests.processes import free_port, start_mock
@@ -27,13 +28,17 @@ def short_keepalive_mock():
 
 
 def get(target="/", body=None, method="GET"):
-    return ProxyRequest(method, target, "x.test", {"Host": "x.test"}, body)
+    return ProxyRequest(method, target, "x.test", [("Host", "x.test")], body)
 
 
 def local_port(pool) -> int | None:
-    """The local port of the connection on top of the pool (the next one used)."""
-    conn = pool.pool.queue[-1]
-    return conn.sock.getsockname()[1] if conn and conn.sock else None
+    """The local port of the idle connection on top of the pool (the next one used)."""
+    return pool.idle[-1].sock.getsockname()[1] if pool.idle else None
+
+
+def forwarder_for(host: Host) -> tuple[Forwarder, object]:
+    forwarder = Forwarder(Pools.from_session(make_session(1, 10)))
+    return forwarder, forwarder.pools.get(host.address, host.port)
 
 
 def read(response):
@@ -82,9 +87,8 @@ def test_pools_are_sized_for_the_hosts_and_the_concurrency():
 
 
 def test_a_connection_is_reused_then_given_back(short_keepalive_mock):
-    forwarder = Forwarder(make_session(1, 10))
     host = Host("127.0.0.1", short_keepalive_mock.port)
-    pool = forwarder.pools.connection_from_host(host.address, host.port, scheme="http")
+    forwarder, pool = forwarder_for(host)
     ports = set()
     for _ in range(3):
         response = forwarder.send(host, get(), Timeout())
@@ -96,13 +100,13 @@ def test_a_connection_is_reused_then_given_back(short_keepalive_mock):
 def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(short_keepalive_mock, monkeypatch):
     """The upstream closes after 1 s idle; our idle limit is longer: the reuse must not fail.
 
-    urllib3 checks a pooled socket for EOF before handing it out; the race it
+    The pool checks an idle socket for EOF before handing it out; the race it
     cannot see (the upstream closes just after the check) is made certain here
     by turning that check off.
     """
-    monkeypatch.setattr("app.forward.is_connection_dropped", lambda conn: False)
-    forwarder = Forwarder(make_session(1, 10))
+    monkeypatch.setattr("app.pool.readable", lambda sock: False)
     host = Host("127.0.0.1", short_keepalive_mock.port)
+    forwarder, _ = forwarder_for(host)
     patient = Timeout(idle=30)
     assert read(forwarder.send(host, get(), patient))
     time.sleep(1.5)
@@ -113,9 +117,8 @@ def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(short_keepalive_moc
 
 
 def test_idle_connections_older_than_the_idle_timeout_are_not_reused(short_keepalive_mock):
-    forwarder = Forwarder(make_session(1, 10))
     host = Host("127.0.0.1", short_keepalive_mock.port)
-    pool = forwarder.pools.connection_from_host(host.address, host.port, scheme="http")
+    forwarder, pool = forwarder_for(host)
     read(forwarder.send(host, get(), Timeout(idle=0.2)))
     first = local_port(pool)
     read(forwarder.send(host, get(), Timeout(idle=0.2)))
@@ -126,9 +129,9 @@ def test_idle_connections_older_than_the_idle_timeout_are_not_reused(short_keepa
 
 
 def test_a_body_already_sent_is_never_replayed(short_keepalive_mock, monkeypatch):
-    monkeypatch.setattr("app.forward.is_connection_dropped", lambda conn: False)
-    forwarder = Forwarder(make_session(1, 10))
+    monkeypatch.setattr("app.pool.readable", lambda sock: False)
     host = Host("127.0.0.1", short_keepalive_mock.port)
+    forwarder, _ = forwarder_for(host)
     read(forwarder.send(host, get(), Timeout(idle=30)))
     time.sleep(1.5)  # the pooled connection is now closed by the upstream
     body = RequestBody(io.BytesIO(b"x" * 10), 10)
@@ -141,14 +144,15 @@ def test_a_body_already_sent_is_never_replayed(short_keepalive_mock, monkeypatch
 
 
 def test_connect_refused_is_a_connect_error():
-    forwarder = Forwarder(make_session(1, 10))
+    host = Host("127.0.0.1", free_port())
+    forwarder, _ = forwarder_for(host)
     with pytest.raises(UpstreamConnectError):
-        forwarder.send(Host("127.0.0.1", free_port()), get(), Timeout(connect=1))
+        forwarder.send(host, get(), Timeout(connect=1))
 
 
 def test_read_timeout_is_a_timeout(short_keepalive_mock):
-    forwarder = Forwarder(make_session(1, 10))
     host = Host("127.0.0.1", short_keepalive_mock.port)
+    forwarder, _ = forwarder_for(host)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
         forwarder.send(host, get("/?delay=2"), Timeout(read=0.3))
@@ -156,9 +160,8 @@ def test_read_timeout_is_a_timeout(short_keepalive_mock):
 
 
 def test_an_abandoned_response_closes_its_connection(short_keepalive_mock):
-    forwarder = Forwarder(make_session(1, 10))
     host = Host("127.0.0.1", short_keepalive_mock.port)
-    pool = forwarder.pools.connection_from_host(host.address, host.port, scheme="http")
+    forwarder, pool = forwarder_for(host)
     read(forwarder.send(host, get(), Timeout()))
     first = local_port(pool)
     response = forwarder.send(host, get("/?size=500000"), Timeout())

@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 from app.headers import (
     HOP_BY_HOP,
     REPLACED_BY_PROXY,
-    add_forwarded,
-    connection_tokens,
+    SET_BY_PROXY,
+    environ_fields,
     header_name,
-    request_headers,
     response_headers,
+    upstream_headers,
 )
+from app.http11 import connection_tokens
 
 
 def test_environ_keys_become_header_names():
@@ -24,28 +25,41 @@ def test_environ_keys_become_header_names():
 
 
 def test_request_headers_drop_hop_by_hop_and_connection_listed_names():
-    environ = {
-        "HTTP_HOST": "a.test",
-        "HTTP_CONNECTION": "keep-alive, X-Secret ,Foo",
-        "HTTP_X_SECRET": "1",
-        "HTTP_FOO": "2",
-        "HTTP_KEEP_ALIVE": "timeout=5",
-        "HTTP_PROXY_CONNECTION": "keep-alive",
-        "HTTP_TE": "trailers",
-        "HTTP_TRAILER": "X-Sum",
-        "HTTP_TRANSFER_ENCODING": "chunked",
-        "HTTP_UPGRADE": "h2c",
-        "HTTP_X_KEPT": "yes",
-        "CONTENT_TYPE": "text/plain",
-        "CONTENT_LENGTH": "3",
-        "PATH_INFO": "/not-a-header",
-    }
-    assert request_headers(environ) == {
-        "Host": "a.test",
-        "X-Kept": "yes",
-        "Content-Type": "text/plain",
-        "Content-Length": "3",
-    }
+    fields = [
+        ("Host", "client.test"),
+        ("Connection", "keep-alive, X-Secret ,Foo"),
+        ("X-Secret", "1"),
+        ("Foo", "2"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Sum"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("X-Kept", "yes"),
+        ("Cookie", "a=1"),
+        ("cookie", "b=2"),
+        ("Content-Type", "text/plain"),
+        ("Content-Length", "3"),
+        ("X_Underscore", "dropped"),
+        ("X-Request-Id", "client's"),
+    ]
+    assert upstream_headers(fields, "a.test", "192.0.2.1", "http", "rid") == [
+        ("Host", "a.test"),
+        ("X-Kept", "yes"),
+        ("Cookie", "a=1"),
+        ("cookie", "b=2"),
+        ("Content-Type", "text/plain"),
+        ("X-Forwarded-For", "192.0.2.1"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "a.test"),
+        ("X-Request-Id", "rid"),
+    ]
+
+
+def test_environ_fields_rebuild_the_names():
+    environ = {"HTTP_X_A": "1", "CONTENT_TYPE": "t", "CONTENT_LENGTH": "3", "PATH_INFO": "/"}
+    assert environ_fields(environ) == [("X-A", "1"), ("Content-Type", "t"), ("Content-Length", "3")]
 
 
 def test_response_headers_keep_repeats_and_drop_hop_by_hop():
@@ -69,16 +83,20 @@ def test_response_headers_keep_repeats_and_drop_hop_by_hop():
 
 
 def test_forwarded_headers_append_the_client():
-    headers = {"X-Forwarded-For": "10.0.0.1", "X-Forwarded-Proto": "https"}
-    add_forwarded(headers, client="127.0.0.1", proto="http", host="a.test")
-    assert headers == {
-        "X-Forwarded-For": "10.0.0.1, 127.0.0.1",
-        "X-Forwarded-Proto": "http",
-        "X-Forwarded-Host": "a.test",
-    }
-    fresh = {}
-    add_forwarded(fresh, client="::1", proto="http", host="b.test")
-    assert fresh["X-Forwarded-For"] == "::1"
+    fields = [
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("X-Forwarded-Proto", "https"),
+        ("x-forwarded-for", "10.0.0.2"),
+    ]
+    headers = upstream_headers(fields, "a.test", client="127.0.0.1", proto="http")
+    assert headers == [
+        ("Host", "a.test"),
+        ("X-Forwarded-For", "10.0.0.1, 10.0.0.2, 127.0.0.1"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "a.test"),
+    ]
+    fresh = upstream_headers([], "b.test", client="::1", proto="http")
+    assert ("X-Forwarded-For", "::1") in fresh
 
 
 def test_connection_tokens_are_a_lowercase_list():
@@ -103,14 +121,13 @@ def test_no_hop_by_hop_header_ever_passes_and_others_keep_their_order(items):
     assert not any(name.lower() in HOP_BY_HOP for name, _ in kept)
 
 
-@given(st.dictionaries(names, values, max_size=15), st.lists(names, max_size=3))
-def test_request_filtering_is_the_same_rule_on_environ(headers, listed):
-    environ = {"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()}
-    environ["HTTP_CONNECTION"] = ", ".join(listed)
-    forwarded = request_headers(environ)
-    dropped = HOP_BY_HOP | {name.lower() for name in listed}
-    assert not any(name.lower() in dropped for name in forwarded)
-    for key, value in environ.items():
-        name = header_name(key)
-        if name.lower() not in dropped:
-            assert forwarded[name] == value
+@given(st.lists(st.tuples(st.one_of(names, hop), values), max_size=15), st.lists(names, max_size=3))
+def test_request_filtering_keeps_every_end_to_end_field_in_order(fields, listed):
+    fields = [*fields, ("Connection", ", ".join(listed))]
+    forwarded = upstream_headers(fields, "a.test", "192.0.2.1", "http")
+    dropped = HOP_BY_HOP | SET_BY_PROXY | {name.lower() for name in listed}
+    for name, value in fields:
+        if name.lower() == "connection":
+            dropped |= connection_tokens(value)
+    assert forwarded[1:-3] == [(n, v) for n, v in fields if n.lower() not in dropped]
+    assert not any(name.lower() in HOP_BY_HOP for name, _ in forwarded)

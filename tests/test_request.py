@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.errors import BadRequest, ClientAbort, MethodNotAllowed
-from app.request import domain_of, parse_request, raw_target, split_target
+from app.http11 import ProtocolError, split_target
+from app.request import domain_of, parse_request, raw_target
 from tests import wsgi_env
 
 
@@ -46,7 +47,7 @@ def test_split_target(raw, expected):
 
 @pytest.mark.parametrize("raw", ["http:///nohost", "http://user:pw@a.test/"])
 def test_bad_authorities_are_refused(raw):
-    with pytest.raises(BadRequest):
+    with pytest.raises(ProtocolError):
         split_target(raw)
 
 
@@ -78,14 +79,25 @@ def test_parse_request_collects_everything_to_forward():
         environ(RAW_URI="/x?y", HTTP_HOST="A.test:81", HTTP_X_FORWARDED_FOR="10.0.0.9")
     )
     assert (request.method, request.target, request.domain) == ("GET", "/x?y", "a.test")
-    assert request.headers["Host"] == "A.test:81"
-    assert request.headers["X-Forwarded-For"] == "10.0.0.9, 192.0.2.1"
+    headers = dict(request.headers)
+    assert headers["Host"] == "A.test:81"
+    assert headers["X-Forwarded-For"] == "10.0.0.9, 192.0.2.1"
     assert request.body is None
 
 
 def test_absolute_form_replaces_the_host_header():
     request = parse_request(environ(RAW_URI="http://b.test/z", HTTP_HOST="a.test"))
-    assert (request.domain, request.target, request.headers["Host"]) == ("b.test", "/z", "b.test")
+    assert (request.domain, request.target) == ("b.test", "/z")
+    assert request.headers[0] == ("Host", "b.test")
+
+
+def test_absolute_form_without_host_is_refused_in_http_1_1():
+    env = environ(RAW_URI="http://b.test/z")
+    del env["HTTP_HOST"]
+    with pytest.raises(BadRequest, match="missing Host"):
+        parse_request(env)
+    env["SERVER_PROTOCOL"] = "HTTP/1.0"
+    assert parse_request(env).domain == "b.test"
 
 
 def test_missing_host_and_connect_are_refused():

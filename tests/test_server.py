@@ -13,10 +13,10 @@ import threading
 
 import pytest
 
-from app.http11 import Limits
+from app.http11 import HeadLimits
 from app.server import Server
 
-LIMITS = Limits(request_line=200, header_count=10, header_size=200)
+LIMITS = HeadLimits(request_line=200, header_count=10, header_size=200)
 
 
 class Worker:
@@ -234,7 +234,7 @@ def test_a_header_with_cr_or_lf_from_the_app_never_reaches_the_wire():
         (b"GET / HTTP/1.1\r\nX-A : b\r\n\r\n", b"400"),
         (b"GET /" + b"a" * 300 + b" HTTP/1.1\r\n\r\n", b"414"),
         (b"GET / HTTP/1.1\r\nX-Big: " + b"v" * 300 + b"\r\n\r\n", b"431"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
         (b"GET / HTTP/3.0\r\n\r\n", b"505"),
     ],
 )
@@ -287,7 +287,7 @@ def test_a_body_cut_short_by_the_client_is_an_error_for_the_app():
         return []
 
     exchange(app, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
-    assert errors == ["IncompleteBody"]
+    assert errors == ["IncompleteMessage"]
 
 
 def test_wsgi_input_reads_lines_too():

@@ -59,7 +59,7 @@ proxy:
     proxy = Proxy(config)
 
     class SlowRefusal:
-        def send(self, host, request, timeout):
+        def send(self, host, request, timeout, deadline=None):
             time.sleep(0.1)  # the whole total timeout goes by in this attempt
             raise UpstreamConnectError(host.name)
 

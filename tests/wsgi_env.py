@@ -12,6 +12,7 @@ def environ(body: bytes = b"", **extra) -> dict:
         "RAW_URI": "/",
         "PATH_INFO": "/",
         "SERVER_PORT": "8080",
+        "SERVER_PROTOCOL": "HTTP/1.1",
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "http",
         "wsgi.input": io.BytesIO(body),
