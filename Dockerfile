@@ -1,5 +1,5 @@
 # lbproxy images. No build engine runs in CI: this file is checked by hadolint
-# (tests/test_deploy.py) and built by hand, as docs/deploy.md shows:
+# (tests/tools/test_deploy.py) and built by hand, as docs/deploy.md shows:
 #   docker build -t lbproxy:0.1.0 .                           # the proxy (default target)
 #   docker build --target mock -t lbproxy-mock:0.1.0 .        # the demo's mock upstream
 

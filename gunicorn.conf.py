@@ -1,31 +1,31 @@
 """gunicorn settings for lbproxy: ``gunicorn -c gunicorn.conf.py`` from the repo root.
 
 gunicorn runs this file in the master at start and again on SIGHUP. It
-validates proxy.yaml first (see app/master.py): an invalid file stops the start
+validates proxy.yaml first (see app/process/master.py): an invalid file stops the start
 with the reason, and on reload keeps the running config.
 
-Environment (app/settings.py):
+Environment (app/process/settings.py):
   PROXY_CONFIG              path of proxy.yaml (default: proxy.yaml in the repo root)
   PROXY_WORKERS             worker processes (default: one per CPU)
   PROXY_WORKER_CONNECTIONS  requests one worker holds at once (default 1000); also
                             the depth of each upstream's connection pool
   PROXY_ACCESS_LOG          "-" (stdout, the default), a file path, or "off"
   PROXY_HTTP_SERVER         "lbproxy" (its own HTTP/1.1 server, the default) or "gunicorn"
-  STATSD_HOST/PORT/PREFIX   metrics target, over proxy.statsd (app/metrics.py)
+  STATSD_HOST/PORT/PREFIX   metrics target, over proxy.statsd (app/observe/metrics.py)
 """
 
-from app import settings
-from app.master import load_or_keep
+from app.process import settings
+from app.process.master import load_or_keep
 
 _config = load_or_keep()
 
 wsgi_app = "app.wsgi:application"
 bind = [
     f"{_config.listen.address}:{_config.listen.port}",
-    f"{_config.admin.address}:{_config.admin.port}",  # health and status: app/admin.py
+    f"{_config.admin.address}:{_config.admin.port}",  # health and status: app/observe/admin.py
 ]
 # A gevent worker accepting in batches under load, serving HTTP with lbproxy's
-# own server, or with gunicorn's when PROXY_HTTP_SERVER=gunicorn (app/worker.py).
+# own server, or with gunicorn's when PROXY_HTTP_SERVER=gunicorn (app/process/worker.py).
 worker_class = settings.worker_class()
 workers = settings.workers()
 # Below the concurrency a worker must hold, gunicorn starves connections silently.
@@ -41,18 +41,18 @@ limit_request_line = _config.limits.max_request_line
 # SIGTERM: stop accepting, let in-flight requests finish for this long.
 graceful_timeout = 30
 proc_name = "lbproxy"
-# One JSON line per request (app/accesslog.py) on stdout, or to PROXY_ACCESS_LOG
+# One JSON line per request (app/observe/accesslog.py) on stdout, or to PROXY_ACCESS_LOG
 # (a path, or "off"); --access-logfile and --log-config still apply.
-logger_class = "app.accesslog.JsonAccessLogger"
+logger_class = "app.observe.accesslog.JsonAccessLogger"
 accesslog = settings.access_log()
 control_socket_disable = True  # one proxy per host path would collide; not used
 
 
 def post_worker_init(worker):
-    """Start each worker's health checks, metrics gauges and access-log flushes."""
+    """Start each worker's access log, health checks, metrics gauges and log flushes."""
     import gevent
 
-    worker.wsgi.start_background(gevent.spawn)
+    worker.wsgi.start_background(gevent.spawn, getattr(worker.log, "log_record", None))
     if hasattr(worker.log, "flush_access_log"):
         gevent.spawn(_flush_every_second, worker.log)
 

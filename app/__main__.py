@@ -1,7 +1,8 @@
 """Command line: ``python -m app check [proxy.yaml]`` validates a config file.
 
 Exit status 0 when the file is valid, 1 with the problem on stderr when not;
-nothing is started either way.
+nothing is started either way. ``python -m app config-reference`` rewrites
+docs/configuration.md from the schema.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a proxy.yaml without starting anything")
     check.add_argument("path", nargs="?", help="default: $PROXY_CONFIG, else proxy.yaml")
+    commands.add_parser("config-reference", help="rewrite docs/configuration.md from the schema")
     args = parser.parse_args(argv)
+    if args.command == "config-reference":
+        from app import config_reference
+
+        print(f"wrote {config_reference.write()}")
+        return 0
 
     path = args.path or config_path()
     try:

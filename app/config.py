@@ -49,9 +49,10 @@ class ConfigError(ValueError):
 Check = Callable[[Any, str], Any]
 
 
-def setting(default: Any, check: Check) -> Any:
-    """A config field: its default and the check its value must pass."""
-    return field(default=default, metadata={"check": check})
+def setting(default: Any, check: Check, doc: str) -> Any:
+    """A config field: its default, the check its value must pass, and what it
+    means (docs/configuration.md is generated from these: app/config_reference.py)."""
+    return field(default=default, metadata={"check": check, "doc": doc})
 
 
 # --- field checks ----------------------------------------------------------
@@ -177,85 +178,157 @@ port = integer(1, 65535)
 
 @dataclass(frozen=True)
 class Listen:
-    address: str = setting("0.0.0.0", address)
-    port: int = setting(8080, port)
+    """Where the proxy takes client traffic."""
+
+    address: str = setting("0.0.0.0", address, "address to listen on")
+    port: int = setting(8080, port, "port to listen on")
 
 
 @dataclass(frozen=True)
 class Admin:
-    address: str = setting("0.0.0.0", address)
-    port: int = setting(9901, port)
+    """The admin listener: health and status (docs/observability.md)."""
+
+    address: str = setting("0.0.0.0", address, "address of the admin listener")
+    port: int = setting(9901, port, "its port; must differ from `listen.port`")
 
 
 @dataclass(frozen=True)
 class Limits:
     """Proxy-wide limits on what clients send (the header ones are gunicorn's)."""
 
-    max_body_size: int = setting(100 * 1024 * 1024, integer(0, 2**62))
-    max_header_count: int = setting(100, integer(1, 32768))
-    max_header_size: int = setting(8190, integer(64, 65536))
-    max_request_line: int = setting(8190, integer(64, 65536))
-    # gunicorn's keepalive: how long a client may take to send its request
-    # headers, and may sit idle between requests. A slow client holds nothing
-    # but its own connection for this long.
-    client_timeout: int = setting(10, integer(1, 3600))  # whole seconds: gunicorn takes an int
+    max_body_size: int = setting(
+        100 * 1024 * 1024,
+        integer(0, 2**62),
+        "larger request bodies get `413` (100 MiB): Content-Length at once, chunked as soon"
+        " as the limit is passed",
+    )
+    max_header_count: int = setting(
+        100, integer(1, 32768), "more request headers get `431` (gunicorn's `limit_request_fields`)"
+    )
+    max_header_size: int = setting(
+        8190, integer(64, 65536), "a longer header line gets `431` (`limit_request_field_size`)"
+    )
+    max_request_line: int = setting(
+        8190, integer(64, 65536), "a longer request line gets `414` (`limit_request_line`)"
+    )
+    client_timeout: int = setting(
+        10,
+        integer(1, 3600),  # whole seconds: gunicorn's keepalive takes an int
+        "whole seconds a client may take to send its request head, or sit idle between"
+        " requests (gunicorn's `keepalive`); also how long a request body read or a response"
+        " write may stall. A slow client holds nothing but its own connection",
+    )
 
 
 @dataclass(frozen=True)
 class Statsd:
-    """Metrics go to StatsD when a host is set (here or in $STATSD_HOST)."""
+    """Metrics go to StatsD when a host is set (here or in `$STATSD_HOST`)."""
 
-    host: str | None = setting(None, optional(address))
-    port: int = setting(8125, port)
-    prefix: str = setting("lbproxy", metric_prefix)
-    interval: float = setting(1.0, seconds)  # how often each worker reports its gauges
+    host: str | None = setting(
+        None, optional(address), "StatsD host (IP or DNS name); none: metrics off. `$STATSD_HOST`"
+    )
+    port: int = setting(8125, port, "StatsD port. `$STATSD_PORT`")
+    prefix: str = setting(
+        "lbproxy", metric_prefix, "first part of every metric name. `$STATSD_PREFIX`"
+    )
+    interval: float = setting(1.0, seconds, "seconds between each worker's gauge reports")
 
 
 @dataclass(frozen=True)
 class Timeout:
-    connect: float = setting(2.0, seconds)
-    read: float = setting(30.0, seconds)
-    # Until the response headers, retries included; None: no limit beyond read.
-    total: float | None = setting(None, optional(seconds))
-    # The whole exchange, request body and response body included, retries
-    # too: a peer that sends a byte just inside every read timeout is cut here.
-    response: float = setting(300.0, seconds)
-    # Below gunicorn's default keep-alive (2 s): a pooled connection is dropped
-    # by us before the upstream closes it under our feet.
-    idle: float = setting(1.5, seconds)
+    """Time limits on the upstream side (compared with nginx and HAProxy in
+    docs/behaviour.md)."""
+
+    connect: float = setting(2.0, seconds, "seconds to open a connection to a host (then the next)")
+    read: float = setting(
+        30.0, seconds, "seconds to wait for each read from a host: a stall (then `504`)"
+    )
+    total: float | None = setting(
+        None,
+        optional(seconds),
+        "seconds until the response head, retries included (then `504`); none: no limit"
+        " beyond `read`",
+    )
+    response: float = setting(
+        300.0,
+        seconds,
+        "seconds for the whole exchange, both bodies and retries included: a peer that"
+        " sends a byte just inside every `read` timeout is cut here (`504`, `408` while the"
+        " client still sends its body, a cut response once the head is out)",
+    )
+    idle: float = setting(
+        1.5,
+        seconds,
+        "seconds a pooled connection may sit idle and still be reused: keep it below the"
+        " upstreams' keep-alive (gunicorn 2 s, Node.js 5 s) so we drop it before they do",
+    )
 
 
 @dataclass(frozen=True)
 class Retry:
-    attempts: int = setting(2, integer(0, 10))
-    on_status: tuple[int, ...] = setting((), status_list)
-    budget: float = setting(0.2, number(0, 1))
-    min_per_second: float = setting(3.0, number(0, 10000))
+    """When a failed try goes to another host (docs/behaviour.md, "Failures and retries")."""
+
+    attempts: int = setting(
+        2, integer(0, 10), "retries after the first try, each on another host (`0`: no failover)"
+    )
+    on_status: tuple[int, ...] = setting(
+        (),
+        status_list,
+        "upstream statuses (5xx) retried for idempotent requests, e.g. `[502, 503, 504]`",
+    )
+    budget: float = setting(
+        0.2,
+        number(0, 1),
+        "retries may add at most this share of the service's requests over the last 10 s",
+    )
+    min_per_second: float = setting(
+        3.0,
+        number(0, 10000),
+        "... plus this many per second (per worker; at least 10 in the bucket)",
+    )
 
 
 @dataclass(frozen=True)
 class Outlier:
-    consecutive_failures: int = setting(3, integer(1, 1000))
-    base_ejection: float = setting(5.0, seconds)
-    max_ejection: float = setting(60.0, seconds)
-    max_ejected_percent: int = setting(50, integer(0, 100))
-    count_5xx: bool = setting(False, boolean)
+    """Passive health: hosts that fail in a row leave the rotation for a while."""
+
+    consecutive_failures: int = setting(3, integer(1, 1000), "failures in a row that eject a host")
+    base_ejection: float = setting(
+        5.0, seconds, "seconds out for a first ejection; doubled on each new one ..."
+    )
+    max_ejection: float = setting(
+        60.0, seconds, "... up to this; a host well for this long starts short again"
+    )
+    max_ejected_percent: int = setting(
+        50,
+        integer(0, 100),
+        "never more than this share of the hosts ejected at once (rounded down: a lone host"
+        " is never ejected)",
+    )
+    count_5xx: bool = setting(False, boolean, "count upstream 5xx answers as failures too")
 
 
 @dataclass(frozen=True)
 class HealthCheck:
-    path: str = setting("/", url_path)
-    interval: float = setting(5.0, seconds)
-    timeout: float = setting(1.0, seconds)
-    healthy_threshold: int = setting(2, integer(1, 100))
-    unhealthy_threshold: int = setting(3, integer(1, 100))
+    """Active health checks: off unless the block is given (even `{}`); `null`
+    turns off what `proxy.defaults` set."""
+
+    path: str = setting(
+        "/", url_path, "probed with GET and the service's domain as `Host`; below 400 is healthy"
+    )
+    interval: float = setting(5.0, seconds, "seconds between probes of a host")
+    timeout: float = setting(1.0, seconds, "seconds for one probe")
+    healthy_threshold: int = setting(2, integer(1, 100), "probes in a row that bring a host back")
+    unhealthy_threshold: int = setting(3, integer(1, 100), "probes in a row that take a host out")
 
 
 @dataclass(frozen=True)
 class Host:
-    address: str = setting(None, address)
-    port: int = setting(None, port)
-    weight: int = setting(1, integer(1, 1000))
+    """One upstream host of a service; each is listed once."""
+
+    address: str = setting(None, address, "IPv4/IPv6 literal or DNS name (a Kubernetes Service)")
+    port: int = setting(None, port, "1-65535")
+    weight: int = setting(1, integer(1, 1000), "share of the traffic, for every strategy")
 
     @property
     def name(self) -> str:
@@ -264,23 +337,39 @@ class Host:
 
 @dataclass(frozen=True)
 class Policy:
-    """What a service may set, and proxy.defaults sets for all of them."""
+    """What a service may set, and `proxy.defaults` sets for all of them, key by key."""
 
-    strategy: str = setting("round_robin", strategy)
-    timeout: Timeout = setting(Timeout(), Timeout)
-    retry: Retry = setting(Retry(), Retry)
-    outlier: Outlier = setting(Outlier(), Outlier)
-    health_check: HealthCheck | None = setting(None, HealthCheck)
-    # Circuit breaker, for the whole proxy (each worker takes its share).
-    max_in_flight: int | None = setting(None, optional(integer(1, 10**6)))
-    max_in_flight_per_host: int | None = setting(None, optional(integer(1, 10**6)))
+    strategy: str = setting(
+        "round_robin",
+        strategy,
+        "`round_robin` (smooth weighted, as nginx), `random` (weighted), `least_connections`"
+        " (in flight ÷ weight; ties round robin)",
+    )
+    timeout: Timeout = setting(Timeout(), Timeout, "time limits")
+    retry: Retry = setting(Retry(), Retry, "retries on another host")
+    outlier: Outlier = setting(Outlier(), Outlier, "passive health")
+    health_check: HealthCheck | None = setting(None, HealthCheck, "active health checks")
+    max_in_flight: int | None = setting(
+        None,
+        optional(integer(1, 10**6)),
+        "circuit breaker: requests in flight for the service, proxy-wide (each worker holds"
+        " `ceil(limit / workers)`); beyond it `503` with `Retry-After: 1`",
+    )
+    max_in_flight_per_host: int | None = setting(
+        None,
+        optional(integer(1, 10**6)),
+        "the same, per host: a full host is skipped; all full gives `503`",
+    )
+
+
+SERVICE_REQUIRED = frozenset({"name", "domain", "hosts"})
+HOST_REQUIRED = frozenset({"address", "port"})
 
 
 def hosts(value: Any, where: str) -> tuple[Host, ...]:
     items = _list(value, where)
     checked = tuple(
-        block(Host, item, f"{where}[{i}]", required={"address", "port"})
-        for i, item in enumerate(items)
+        block(Host, item, f"{where}[{i}]", required=HOST_REQUIRED) for i, item in enumerate(items)
     )
     seen: dict[str, int] = {}
     for index, host in enumerate(checked):
@@ -295,9 +384,15 @@ def hosts(value: Any, where: str) -> tuple[Host, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class Service(Policy):
-    name: str = setting(None, name)
-    domain: str = setting(None, domain)
-    hosts: tuple[Host, ...] = setting((), hosts)
+    """A routed service: any key of `proxy.defaults` may be set here too."""
+
+    name: str = setting(None, name, "unique name (logs, metrics, `/status`)")
+    domain: str = setting(
+        None,
+        domain,
+        "unique DNS name matched against `Host`: case-insensitive, port and final dot ignored",
+    )
+    hosts: tuple[Host, ...] = setting((), hosts, "upstream hosts, at least one")
 
 
 @dataclass(frozen=True)
@@ -394,7 +489,7 @@ def _services(value: Any, where: str, defaults: Policy) -> tuple[Service, ...]:
 
 
 def _service(value: Any, where: str, defaults: Policy) -> Service:
-    return block(Service, value, where, defaults, required={"name", "domain", "hosts"})
+    return block(Service, value, where, defaults, required=SERVICE_REQUIRED)
 
 
 def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset()) -> dict:

@@ -1,12 +1,18 @@
 """The WSGI entry point: ``gunicorn app.wsgi:application``.
 
-One request, top to bottom:
+One request, top to bottom, one room per step:
 
-1. parse   (request.py)  environ -> target, domain, headers, body stream
-2. route   (routing.py)  domain -> service: balancer, host health, retry budget
-3. pick    (balancer.py) service -> one host in rotation, skipping hosts tried
-4. forward (forward.py)  pooled keep-alive connection -> response headers
-5. stream  (response.py) upstream body -> client, connection back to the pool
+1. serve   (http/server.py)        the client's connection -> a parsed head, an environ
+2. parse   (http/request.py)       environ -> target, domain, headers, body stream
+3. route   (traffic/routing.py)    domain -> service: balancer, health, retry policy
+4. pick    (traffic/balancer.py)   service -> a lease on one host in rotation
+5. forward (upstream/forward.py)   pooled connection -> response head
+6. stream  (upstream/response.py)  upstream body -> client, connection back to the pool
+7. end     (observe/end.py)        the record finished, counted and logged, once
+
+It stays a plain WSGI callable: gunicorn's own HTTP server
+(``PROXY_HTTP_SERVER=gunicorn``) runs it unchanged, as the reference the
+bad-input tests compare lbproxy's server with.
 """
 
 from __future__ import annotations
@@ -16,8 +22,6 @@ import logging
 import time
 from functools import partial
 
-from app import settings
-from app.admin import Admin
 from app.config import ProxyConfig, Timeout, load_config
 from app.errors import (
     BadRequest,
@@ -26,17 +30,20 @@ from app.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from app.forward import Forwarder
-from app.health import HealthChecker
-from app.master import active_config
-from app.metrics import Metrics, statsd_settings
-from app.pool import Pools
-from app.record import ENVIRON_KEY, Record, request_id
-from app.request import ProxyRequest, parse_request
-from app.response import UpstreamResponse
-from app.retry import IDEMPOTENT
-from app.routing import Route, Router
-from app.session import make_session
+from app.http.request import ProxyRequest, parse_request
+from app.observe.admin import AdminApp
+from app.observe.end import AccessLog, RequestEnd
+from app.observe.metrics import Metrics, statsd_settings
+from app.observe.record import Record, request_id
+from app.process import settings
+from app.process.master import active_config
+from app.traffic.health import HealthChecker
+from app.traffic.retry import STATUS
+from app.traffic.routing import Route, Router
+from app.upstream.forward import Forwarder
+from app.upstream.pool import Pools
+from app.upstream.response import UpstreamResponse
+from app.upstream.session import make_session
 
 log = logging.getLogger("gunicorn.error")
 
@@ -50,14 +57,16 @@ class Proxy:
     ):
         self.config = config
         self.router = Router(config, workers, self._health_event)
-        self.admin = Admin(self.router)
+        self.admin = AdminApp(self.router)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))
         self.metrics = Metrics(statsd_settings(config.statsd))
+        self.end = RequestEnd(self.metrics)
 
-    def start_background(self, spawn) -> None:
-        """In a gevent worker: active health checks and the metrics gauges."""
+    def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
+        """In a gevent worker: the access log, active health checks and the metrics gauges."""
+        self.end.access_log = access_log
         probe_session = make_session(len(self.config.hosts), 1)
         for service in self.config.services:
             if service.health_check is not None:
@@ -69,7 +78,7 @@ class Proxy:
     def __call__(self, environ, start_response):
         if environ.get("SERVER_PORT") == self.admin_port:
             return self.admin(environ, start_response)
-        record = environ[ENVIRON_KEY] = Record(request_id(environ.get("HTTP_X_REQUEST_ID")))
+        record = Record(request_id(environ.get("HTTP_X_REQUEST_ID")))
         request = None
         try:
             request = parse_request(environ, self.max_body_size, record.request_id)
@@ -77,43 +86,44 @@ class Proxy:
             record.service = route.service.name
             response = self.forward(route, request, record)
         except ProxyError as error:
-            return self.refuse(error, start_response, record, request)
-        record.upstream_status = record.status = response.status
+            return self.refuse(error, start_response, record, request, environ)
+        record.upstream_status = response.status
         record.connect_time = response.connect_time
         record.upstream_time = response.upstream_time
-        response.on_close.append(lambda: self.finish(record, request, response))
+        response.on_close = partial(self._end_proxied, record, environ, request, response)
         response.start_response = start_response
         start_response(response.status_line, response.headers)
         return response
 
-    def refused_by_server(self, environ: dict, status: int) -> None:
-        """A request the HTTP server refused before it got here (app/server.py):
+    def refused_by_server(self, environ: dict, status: int, bytes_sent: int = 0) -> None:
+        """A request the HTTP server refused before it got here (app/http/server.py):
         counted and logged as ``bad_request`` like one this app refuses."""
-        record = environ[ENVIRON_KEY] = Record(request_id(None))
+        record = Record(request_id(None))
         record.outcome = BadRequest.kind
         record.status = status
-        self.finish(record, None)
+        record.bytes_out = bytes_sent
+        self.end(record, environ)
 
-    def finish(self, record: Record, request: ProxyRequest | None, response=None) -> None:
-        """The request is over (body sent, or abandoned): count it."""
-        if response is not None:
-            record.bytes_out = response.bytes_sent
-            record.status = response.status  # a body that broke off first thing: 502 or 504
-            if response.failure:
-                record.outcome = response.failure
-        if request is not None and request.body is not None:
-            record.bytes_in = request.body.bytes_read
-        record.finish()
-        self.metrics.request_done(record)
+    def _end_proxied(self, record, environ, request: ProxyRequest, response) -> None:
+        record.status = response.status  # a body that broke off first thing: 502 or 504
+        record.bytes_out = response.bytes_sent
+        if response.failure:
+            record.outcome = response.failure
+        self._end(record, environ, request)
+
+    def _end(self, record: Record, environ: dict, request: ProxyRequest | None) -> None:
+        if request is not None:
+            record.retries += request.stale_retries
+            if request.body is not None:
+                record.bytes_in = request.body.bytes_read
+        self.end(record, environ)
 
     def forward(self, route: Route, request: ProxyRequest, record: Record) -> UpstreamResponse:
-        """Send the request to a host of the route, retrying on another host where safe.
+        """Send the request to a host of the route, retrying on another host
+        where the route's RetryPolicy (app/traffic/retry.py) and budget allow.
 
-        - a refused connection: nothing was sent, so any method moves on;
-        - a reset before any response byte, or a status in ``retry.on_status``:
-          only idempotent requests whose body was not taken from the client yet;
-        - a timeout is final: the upstream may still be working on it.
-        Retries stop at ``retry.attempts`` or when the service's budget is spent.
+        Each try holds a lease on its host; the response that is returned
+        carries its lease and releases it when closed.
         """
         route.admit()
         service = route.service
@@ -125,58 +135,51 @@ class Proxy:
         while True:
             # Before pick(): a spent timeout.total must not leave a host counted in flight.
             timeout = _remaining(service.timeout, deadline)
-            host = route.pick(tried)
-            if host is None:
+            lease = route.pick(tried)
+            if lease is None:
                 # pick() raises when no host can be tried at all, so this comes
                 # after at least one attempt, with its error kept.
                 raise last_error
+            host = lease.host
             tried.append(host)
             record.upstream = host.name
             record.retries = len(tried) - 1
             try:
                 response = self.forwarder.send(host, request, timeout, exchange_deadline)
             except (UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout) as error:
-                route.release(host)
+                lease.release()
                 route.health.record_failure(host)
                 last_error = error
-                if not self._may_retry(route, request, error, len(tried)):
+                if not self._may_retry(route, request, error.kind, len(tried)):
                     raise
                 log.info("lbproxy: %s: retrying after %s: %s", service.name, error.kind, error)
                 continue
             except BaseException:
-                route.release(host)
+                lease.release()
                 raise
-            record.retries += response.stale_retries
             if response.status >= 500 and service.outlier.count_5xx:
                 route.health.record_failure(host)
             else:
                 route.health.record_success(host)
-            if response.status in service.retry.on_status and self._may_retry(
-                route, request, None, len(tried)
+            if route.retry.retries_status(response.status) and self._may_retry(
+                route, request, STATUS, len(tried)
             ):
                 response.discard()
-                route.release(host)
+                lease.release()
                 last_error = UpstreamProtocolError(f"{host.name} answered {response.status}")
                 continue
-            response.on_close.append(partial(route.release, host))
+            response.lease = lease
             response.on_failure = partial(route.health.record_failure, host)
             return response
 
     @staticmethod
-    def _may_retry(route: Route, request: ProxyRequest, error, attempts: int) -> bool:
-        if attempts > route.service.retry.attempts or attempts >= len(route.balancer.hosts):
-            return False
-        if isinstance(error, UpstreamTimeout):
-            return False
-        safe = isinstance(error, UpstreamConnectError) or (
-            request.method in IDEMPOTENT and request.replayable
-        )
-        return safe and route.budget.try_spend()
+    def _may_retry(route: Route, request: ProxyRequest, failure: str, tries: int) -> bool:
+        allowed = route.retry.allows(failure, request.method, request.replayable, tries)
+        return allowed and route.budget.try_spend()
 
-    def refuse(self, error: ProxyError, start_response, record: Record, request):
+    def refuse(self, error: ProxyError, start_response, record: Record, request, environ):
         record.outcome = error.kind
         record.status = int(error.status[:3])
-        self.finish(record, request)
         body = error.body()
         start_response(
             error.status,
@@ -187,7 +190,8 @@ class Proxy:
                 *error.headers(),
             ],
         )
-        return [body]
+        record.bytes_out = len(body)
+        return ErrorBody(body, partial(self._end, record, environ, request))
 
     def _health_event(self, service: str, host, event: str) -> None:
         self.metrics.health_event(service, host.name, event)
@@ -198,6 +202,24 @@ class Proxy:
         while True:
             self.metrics.report_gauges(self.router.by_name(), self.forwarder)
             gevent.sleep(self.metrics.settings.interval)
+
+
+class ErrorBody:
+    """An error answer's one-line body; the server's close() ends the request."""
+
+    __slots__ = ("body", "on_close")
+
+    def __init__(self, body: bytes, on_close):
+        self.body = body
+        self.on_close = on_close
+
+    def __iter__(self):
+        yield self.body
+
+    def close(self) -> None:
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
 
 def _remaining(timeout: Timeout, deadline: float | None) -> Timeout:

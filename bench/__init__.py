@@ -5,8 +5,9 @@ what it measures and how. Modules:
 
   harness  the plan and the run: sessions, cases, measurement
   peers    the upstream nginx and every peer: generated configs, start commands
-  procs    processes started (stopped by PID) and what /proc says about them
   load     wrk and its report script (report.lua)
   report   ratios, added latency, targets, markdown
   sink     a counting StatsD stand-in for lbproxy's "features on" variants
+
+Processes are started, measured (/proc) and stopped by PID with devkit.processes.
 """

@@ -25,8 +25,19 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import load, micro, peers, procs, report
+from bench import load, micro, peers, report
 from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
+from devkit.processes import (
+    CLOCK_TICKS,
+    Registry,
+    Spawned,
+    StartError,
+    cpu_ticks,
+    free_port,
+    memory_kib,
+    system_busy_ticks,
+    wait_until,
+)
 
 REPO = peers.REPO
 INSTALL = REPO / "scripts" / "install" / "bench.sh"
@@ -91,10 +102,6 @@ class Case:
     section: str
     connections: int
     path: str = "/1k"
-
-
-class StartError(RuntimeError):
-    pass
 
 
 def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
@@ -210,13 +217,13 @@ def cpu_seconds_self_and_children() -> float:
 
 def foreign_load(seconds: float) -> float:
     """CPU used by processes that are not the harness or its children, % of the machine."""
-    busy0 = procs.system_busy_ticks()
+    busy0 = system_busy_ticks()
     mine0 = cpu_seconds_self_and_children()
     start = time.monotonic()
     time.sleep(seconds)
-    busy1 = procs.system_busy_ticks()
+    busy1 = system_busy_ticks()
     elapsed = time.monotonic() - start
-    foreign = (busy1 - busy0) / procs.CLOCK_TICKS - (cpu_seconds_self_and_children() - mine0)
+    foreign = (busy1 - busy0) / CLOCK_TICKS - (cpu_seconds_self_and_children() - mine0)
     return max(0.0, 100.0 * foreign / (elapsed * (os.cpu_count() or 1)))
 
 
@@ -270,14 +277,6 @@ def check_tools(python_peers: bool) -> None:
 # --- the run ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def fetch(port: int, path: str = "/1k", timeout: float = 2.0) -> tuple[int, int]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -288,35 +287,33 @@ def fetch(port: int, path: str = "/1k", timeout: float = 2.0) -> tuple[int, int]
         connection.close()
 
 
-def wait_ready(process: procs.Process, port: int, processes: int = 1, timeout: float = 60.0):
+def wait_ready(process: Spawned, port: int, processes: int = 1, timeout: float = 60.0):
     """Until a request through the peer returns the 1 KiB body and its processes are up."""
-    deadline = time.monotonic() + timeout
     last = ""
-    while time.monotonic() < deadline:
-        if not process.running():
-            raise StartError(
-                f"{process.name} exited ({process.popen.returncode}):\n" + process.log_tail()
-            )
+
+    def ready() -> bool:
+        nonlocal last
         try:
             status, size = fetch(port)
-            if status == 200 and size == BODIES["/1k"] and len(process.pids()) >= processes:
-                return
-            last = f"HTTP {status}, {size} bytes"
         except (OSError, http.client.HTTPException) as error:
             last = str(error)
-        time.sleep(0.1)
-    raise StartError(
-        f"{process.name} not ready in {timeout:.0f} s ({last}):\n" + process.log_tail()
-    )
+            return False
+        last = f"HTTP {status}, {size} bytes"
+        return status == 200 and size == BODIES["/1k"] and len(process.tree()) >= processes
+
+    if not wait_until(ready, process, timeout, f"the 1 KiB body on port {port}", interval=0.1):
+        raise StartError(
+            f"{process.name} not ready in {timeout:.0f} s ({last})", process.log_tail()
+        )
 
 
 class Runner:
     def __init__(self, options: Options):
         self.options = options
-        self.procs = procs.Processes()
+        self.procs = Registry(timeout=5.0)
         self.tmp = Path(tempfile.mkdtemp(prefix="lbproxy-bench-"))
         self.tmp.chmod(0o755)
-        self.upstream: procs.Process | None = None
+        self.upstream: Spawned | None = None
         self.upstream_port = 0
         self.upstream_notes: dict = {}
         self.rows: list[dict] = []
@@ -330,7 +327,11 @@ class Runner:
         self.upstream_port = free_port()
         launch = peers.upstream(self.tmp / "upstream", self.upstream_port)
         self.upstream = self.procs.start(
-            "upstream", launch.args, self.tmp / "upstream.log", launch.env, None, launch.stop_signal
+            "upstream",
+            launch.args,
+            self.tmp / "upstream.log",
+            env=launch.env,
+            stop_signal=launch.stop_signal,
         )
         self.upstream_notes = {"command": launch.command(), **launch.notes}
         wait_ready(self.upstream, self.upstream_port, processes=2)
@@ -371,7 +372,7 @@ class Runner:
                 started = time.monotonic()
                 process = self.procs.start(
                     peer.name, launch.args, self.tmp / f"{peer.name}.log",
-                    launch.env, launch.cwd, launch.stop_signal,
+                    env=launch.env, cwd=launch.cwd, stop_signal=launch.stop_signal,
                 )  # fmt: skip
                 expected = 1
                 if peer.kind == "lbproxy":
@@ -380,7 +381,7 @@ class Runner:
                     expected = 3
                 wait_ready(process, port, expected)
                 session["start_s"] = round(time.monotonic() - started, 2)
-            session["processes"] = len(process.pids())
+            session["processes"] = len(process.tree())
             self.log(f"{peer.label}: {session['command']}")
             for case in cases:
                 try:
@@ -439,13 +440,13 @@ class Runner:
         if options.warmup > 0:
             self.wrk(load.Load(port, case.path, case.connections, options.warmup))
         is_direct = process is self.upstream
-        pids = process.pids()
-        up_pids = self.upstream.pids()
-        sink_pids = sink.pids() if sink else []
-        cpu0 = procs.cpu_ticks(pids)
-        up0 = procs.cpu_ticks(up_pids)
-        sink0 = procs.cpu_ticks(sink_pids)
-        busy0 = procs.system_busy_ticks()
+        pids = process.tree()
+        up_pids = self.upstream.tree()
+        sink_pids = sink.tree() if sink else []
+        cpu0 = cpu_ticks(pids)
+        up0 = cpu_ticks(up_pids)
+        sink0 = cpu_ticks(sink_pids)
+        busy0 = system_busy_ticks()
         mine0 = cpu_seconds_self_and_children()
         started = time.monotonic()
         spec = load.Load(port, case.path, case.connections, options.duration)
@@ -458,8 +459,8 @@ class Runner:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     wrk.wait(0.5)
                 if wrk.poll() is None:
-                    pids = process.pids()
-                    rss, pss = procs.memory_kib(pids)
+                    pids = process.tree()
+                    rss, pss = memory_kib(pids)
                     peak = max(peak, rss)
                     count = len(pids)
             output, _ = wrk.communicate(timeout=5)
@@ -468,15 +469,15 @@ class Runner:
                 os.kill(wrk.pid, signal.SIGKILL)
                 wrk.wait()
         elapsed = time.monotonic() - started
-        cpu = (procs.cpu_ticks(process.pids()) - cpu0) / procs.CLOCK_TICKS
-        up_cpu = (procs.cpu_ticks(self.upstream.pids()) - up0) / procs.CLOCK_TICKS
-        sink_cpu = (procs.cpu_ticks(sink_pids) - sink0) / procs.CLOCK_TICKS
-        busy = (procs.system_busy_ticks() - busy0) / procs.CLOCK_TICKS
+        cpu = (cpu_ticks(process.tree()) - cpu0) / CLOCK_TICKS
+        up_cpu = (cpu_ticks(self.upstream.tree()) - up0) / CLOCK_TICKS
+        sink_cpu = (cpu_ticks(sink_pids) - sink0) / CLOCK_TICKS
+        busy = (system_busy_ticks() - busy0) / CLOCK_TICKS
         mine = cpu_seconds_self_and_children() - mine0
         foreign = busy - mine - (0 if is_direct else cpu) - up_cpu - sink_cpu
         result = load.parse(output)
         if not rss:  # a very short run: sample once now
-            rss, pss = procs.memory_kib(process.pids())
+            rss, pss = memory_kib(process.tree())
             peak = rss
         requests = result["requests"]
         errors = result["errors"]
@@ -583,7 +584,8 @@ def run(options: Options) -> dict:
         # A second Ctrl-C must not cut the cleanup short.
         interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            runner.procs.stop_all()
+            for error in runner.procs.stop_all():
+                runner.log(error)
         finally:
             signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, previous)

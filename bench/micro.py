@@ -5,9 +5,9 @@ is inside their noise. These time one step on its own, on a real loopback TCP
 connection where a socket is involved, as the median of several rounds:
 
 - ``reuse_check``: the readiness poll a pooled connection passes at checkout
-  (app/pool.py): data or end-of-file waiting on an idle connection means it
+  (app/upstream/pool.py): data or end-of-file waiting on an idle connection means it
   is not reused;
-- ``response_head``: parsing a typical upstream response head (app/http11.py);
+- ``response_head``: parsing a typical upstream response head (app/http/framing.py);
 - ``request_head``: parsing a typical client request head.
 
 ``python -m bench.micro`` prints them as JSON.
@@ -20,8 +20,8 @@ import socket
 import statistics
 import time
 
-from app.http11 import HeadLimits, parse_request_head, parse_response_head
-from app.pool import readable
+from app.http.framing import HeadLimits, parse_request_head, parse_response_head
+from app.upstream.pool import readable
 
 ROUNDS = 7
 

@@ -22,20 +22,18 @@ Everything a run leaves is in its results directory (default
 jmeter/results/PLAN-TIMESTAMP/): results.jtl, jmeter.log, jmeter.out,
 memory.csv, summary.json and the logs of the processes it started.
 
-Standard library only; run it from anywhere (it finds the repo from its own path).
+Standard library only (with the repo's devkit); run it from anywhere (it finds
+the repo from its own path).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +44,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# jmeter/run runs this file as a script: the repo root, where devkit is, is not on the path.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from devkit import processes  # noqa: E402
+from devkit.lbproxy import Proxy, start_mock  # noqa: E402
+
 VENV_BIN = REPO / ".venv" / "bin"
 INSTALLER = REPO / "scripts" / "install" / "jmeter.sh"
 LAUNCHER_SOURCE = HERE / "XStreamLauncher.java"
@@ -54,8 +59,8 @@ PROPERTIES = HERE / "run.properties"
 JMETER_HOME = Path(os.environ.get("JMETER_HOME", "/usr/share/jmeter"))
 JMETER_JARS = ("bin/ApacheJMeter.jar", "lib/ext/ApacheJMeter_http.jar")
 DEFAULT_MOCKS = ["mock-a=19181", "mock-b=19182", "mock-c=19183"]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
+STOP_TIMEOUT = 15.0  # s from SIGTERM to SIGKILL, for JMeter and what --start started
 
 # JMeter reports a plan it could not load on its output, then exits 0.
 LOAD_ERRORS = ("Error in NonGUIDriver", "ForbiddenClassException", "Problem loading XML")
@@ -243,32 +248,36 @@ def run_jmeter(java, launcher, plan, props, results, args) -> JMeterOutcome:
     print(f"jmeter/run: {plan.name} -> {results}", file=sys.stderr)
     started = time.monotonic()
     output = (results / "jmeter.out").open("w")
-    process = subprocess.Popen(
-        command,
-        cwd=results,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
+    # Its output through a pipe, not a log file: echoed live and scanned for load errors.
+    process = processes.Spawned(
+        "jmeter",
+        subprocess.Popen(
+            command,
+            cwd=results,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        ),
     )
     lines: list[str] = []
     reader = threading.Thread(
-        target=_relay, args=(process.stdout, output, lines, args.quiet), daemon=True
+        target=_relay, args=(process.popen.stdout, output, lines, args.quiet), daemon=True
     )
     reader.start()
     timed_out = False
     try:
         process.wait(timeout)
     except KeyboardInterrupt:
-        stop_process(process)
+        process.stop(STOP_TIMEOUT)
         raise
     except subprocess.TimeoutExpired:
         timed_out = True
         print(
             f"jmeter/run: JMeter still running after {timeout:.0f} s: stopping it", file=sys.stderr
         )
-        stop_process(process)
+        process.stop(STOP_TIMEOUT)
     reader.join(10)
     output.close()
     load_error = next((line for line in lines if any(m in line for m in LOAD_ERRORS)), None)
@@ -302,8 +311,8 @@ class Stack:
 
     def __init__(self, results: Path):
         self.results = results
-        self.started: list[tuple[str, subprocess.Popen]] = []
-        self.proxy: subprocess.Popen | None = None
+        self.started = processes.Registry(timeout=STOP_TIMEOUT)
+        self.proxy: Proxy | None = None
 
     @property
     def proxy_pid(self) -> int | None:
@@ -312,21 +321,29 @@ class Stack:
     def start(self, config: Path, workers: int, mocks: list[tuple[str, str]]) -> tuple[str, int]:
         listen, admin = read_ports(config)
         ports = [int(port) for _, port in mocks] + [listen[1], admin[1]]
-        busy = [port for port in ports if port_open(port)]
+        busy = [port for port in ports if processes.port_open(port)]
         if busy:
             raise SetupError(f"port(s) already in use on 127.0.0.1: {busy}; stop what holds them")
         python = VENV_BIN / "python"
         if not python.exists():
             raise SetupError("no .venv: run scripts/setup first")
-        for name, port in mocks:
-            command = [str(python), "-m", "mock", "--port", port, "--name", name]
-            process = self.spawn(name, command, {})
-            wait_port(int(port), process, name)
-        env = {"PROXY_CONFIG": str(config), "PROXY_WORKERS": str(workers)}
-        gunicorn = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"]
-        self.proxy = self.spawn("proxy", gunicorn, env)
-        wait_port(listen[1], self.proxy, "proxy")
-        wait_healthy(admin, self.proxy)
+        try:
+            for name, port in mocks:
+                log = self.results / f"{name}.log"
+                mock = start_mock(name, int(port), label=name, python=python, log=log, timeout=20)
+                self.started.add(mock)
+            self.proxy = Proxy(
+                config,
+                workers,
+                ports=(listen[1], admin[1]),
+                gunicorn=VENV_BIN / "gunicorn",
+                log=self.results / "proxy.log",
+                timeout=20,
+            )
+            self.started.add(self.proxy)
+            wait_healthy(admin, self.proxy)
+        except processes.StartError as error:
+            raise SetupError(str(error)) from None
         print(
             f"jmeter/run: proxy pid {self.proxy.pid} ({workers} workers) on "
             f"{listen[0]}:{listen[1]}, mocks " + ", ".join(f"{n}:{p}" for n, p in mocks),
@@ -334,28 +351,13 @@ class Stack:
         )
         return listen
 
-    def spawn(self, name: str, command: list[str], env: dict) -> subprocess.Popen:
-        log = (self.results / f"{name}.log").open("w")
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.started.append((name, process))
-        return process
-
     def died(self) -> str | None:
-        dead = [f"{name} (exit {p.returncode})" for name, p in self.started if p.poll() is not None]
+        dead = [f"{p.name} (exit {p.returncode})" for p in self.started.exited()]
         return ", ".join(dead) or None
 
     def stop(self) -> None:
-        for _, process in reversed(self.started):
-            stop_process(process)
-        self.started.clear()
+        for error in self.started.stop_all():
+            print(f"jmeter/run: {error}", file=sys.stderr)
 
 
 def read_ports(config: Path) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -391,53 +393,19 @@ def read_ports(config: Path) -> tuple[tuple[str, int], tuple[str, int]]:
     return endpoint(listen, 8080), endpoint(admin, 9901)
 
 
-def port_open(port: int, address: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_port(port: int, process: subprocess.Popen, name: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SetupError(f"{name} exited with {process.returncode} before port {port} opened")
-        if port_open(port):
-            return
-        time.sleep(0.05)
-    raise SetupError(f"{name}: port {port} did not open within {timeout} s")
-
-
-def wait_healthy(admin: tuple[str, int], process: subprocess.Popen, timeout: float = 20) -> None:
+def wait_healthy(admin: tuple[str, int], proxy: Proxy, timeout: float = 20) -> None:
     url = f"http://{admin[0]}:{admin[1]}/healthz"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SetupError(f"proxy exited with {process.returncode} before it was healthy")
+
+    def healthy() -> bool:
         try:
             with opener.open(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
+                return answer.status == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise SetupError(f"proxy: {url} did not answer 200 within {timeout} s")
+            return False
 
-
-def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM this PID; after ``timeout``, SIGKILL its process group (it leads one)."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    if not processes.wait_until(healthy, proxy, timeout, url, interval=0.1):
+        raise SetupError(f"proxy: {url} did not answer 200 within {timeout} s")
 
 
 # --- memory -------------------------------------------------------------------
@@ -472,57 +440,21 @@ class MemorySampler:
     def _loop(self) -> None:
         started = time.monotonic()
         while not self._stop.is_set():
-            pids = [self.pid, *descendants(self.pid)]
-            rss = pss = 0
-            alive = 0
-            for pid in pids:
-                try:
-                    rss += rss_bytes(pid)
-                    pss += pss_bytes(pid)
-                    alive += 1
-                except OSError:
-                    continue
-            if alive:
-                self.samples.append((round(time.monotonic() - started, 1), rss, pss, alive))
+            tree = processes.tree(self.pid)
+            readings = [reading for pid in tree if (reading := processes.memory_of(pid))]
+            if readings:
+                rss_kib, pss_kib = map(sum, zip(*readings, strict=True))
+                seconds = round(time.monotonic() - started, 1)
+                self.samples.append((seconds, rss_kib * 1024, pss_kib * 1024, len(readings)))
             self._stop.wait(self.interval)
-
-
-def descendants(pid: int) -> list[int]:
-    found, queue = [], [pid]
-    while queue:
-        parent = queue.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-
-
-def pss_bytes(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except PermissionError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 # --- the verdict --------------------------------------------------------------
 
 
 def read_jtl(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8", errors="replace") as jtl:
+    """The samples of a CSV .jtl, one dict a row (csv: a failure message may span lines)."""
+    with Path(path).open(newline="", encoding="utf-8", errors="replace") as jtl:
         return list(csv.DictReader(jtl))
 
 
@@ -535,7 +467,7 @@ def percentile(ordered: list[int], fraction: float) -> int:
 
 
 def summarize(plan, results, outcome: JMeterOutcome, sampler: MemorySampler, died) -> dict:
-    rows = read_jtl(outcome.jtl)
+    rows = read_jtl(outcome.jtl) if outcome.jtl.exists() else []
     failed = [row for row in rows if row.get("success", "").strip().lower() != "true"]
     elapsed = sorted(int(row.get("elapsed") or 0) for row in rows)
     if rows:

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or f"mock-{args.port}"
     options = {
         "bind": f"{args.address}:{args.port}",
-        "worker_class": "app.worker.GeventWorker",  # the proxy's: batch accepts under load
+        # The proxy's gunicorn-server worker: batch accepts under load.
+        "worker_class": "app.process.worker.GunicornServerWorker",
         "workers": args.workers,
         "worker_connections": 2000,
         "keepalive": args.keepalive,

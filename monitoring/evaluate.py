@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import csv
 import json
 import sys
 import time
@@ -39,6 +38,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from jmeter.runner import read_jtl as jtl_rows
 from monitoring.slo import SLO_FILE, Policy, Sli, Slo, load, seconds
 
 COLOURS = ("green", "yellow", "orange", "red")
@@ -221,14 +221,13 @@ def graphite_points(
 def read_jtl(path: Path) -> list[tuple[int, int, str]]:
     """(start ms, elapsed ms, responseCode) of every sample."""
     samples = []
-    with Path(path).open(newline="", encoding="utf-8", errors="replace") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                samples.append((int(row["timeStamp"]), int(row["elapsed"]), row["responseCode"]))
-            except (KeyError, TypeError, ValueError):
-                raise EvaluationError(
-                    f"{path}: not a CSV .jtl with timeStamp, elapsed, responseCode"
-                ) from None
+    for row in jtl_rows(path):
+        try:
+            samples.append((int(row["timeStamp"]), int(row["elapsed"]), row["responseCode"]))
+        except (KeyError, TypeError, ValueError):
+            raise EvaluationError(
+                f"{path}: not a CSV .jtl with timeStamp, elapsed, responseCode"
+            ) from None
     if not samples:
         raise EvaluationError(f"{path}: no samples")
     return samples

@@ -8,7 +8,7 @@
   pointing at monitoring/stack's graphite-web.
 
 ``--check`` writes nothing and exits 1 if a file differs from what slo.yaml
-gives (tests/test_monitoring.py runs it), so the files never drift from the SLOs.
+gives (tests/tools/test_monitoring.py runs it), so the files never drift from the SLOs.
 """
 
 from __future__ import annotations

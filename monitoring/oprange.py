@@ -29,12 +29,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from devkit.lbproxy import Proxy, start_mock, write_config
+from devkit.processes import CLOCK_TICKS, cpu_ticks_each, machine_ticks
 from monitoring import evaluate
 from monitoring.slo import load
-from tests.processes import Proxy, start_mock, write_config
 
 REPO = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
 
 
@@ -56,29 +56,6 @@ def services(mocks: dict) -> list[dict]:
             "hosts": [host("a", 3), host("b", 2), host("c", 1)],
         },
     ]
-
-
-def cpu_ticks(pids: list[int]) -> dict[int, int]:
-    """utime + stime of each live PID, in clock ticks."""
-    ticks = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
-def pids_of(server) -> list[int]:
-    return [server.pid, *server.children()]
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
 
 
 def render_sum(base: str, target: str, start: int, until: int) -> tuple[float | None, float | None]:
@@ -144,14 +121,14 @@ def run_level(args, slo, proxy, mocks, users: int, down: bool) -> dict:
 
         def stop_b():
             time.sleep(delay)
-            last_b.update(cpu_ticks(pids_of(mocks["b"])))
+            last_b.update(cpu_ticks_each(mocks["b"].tree()))
             mocks["b"].stop()
 
         stopper = threading.Thread(target=stop_b, daemon=True)
     workers = proxy.children()
-    mock_pids = [pid for mock in mocks.values() for pid in pids_of(mock)]
-    cpu0, busy0, wall0 = cpu_ticks(workers), machine_busy(), time.time()
-    mocks0, children0 = cpu_ticks(mock_pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    mock_pids = [pid for mock in mocks.values() for pid in mock.tree()]
+    cpu0, busy0, wall0 = cpu_ticks_each(workers), machine_ticks(), time.time()
+    mocks0, children0 = cpu_ticks_each(mock_pids), resource.getrusage(resource.RUSAGE_CHILDREN)
     load0 = os.getloadavg()[0]
     command = [
         str(REPO / "jmeter" / "run"),
@@ -176,7 +153,7 @@ def run_level(args, slo, proxy, mocks, users: int, down: bool) -> dict:
         stopper.start()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wall1 = time.time()
-    cpu1, busy1, mocks1 = cpu_ticks(workers), machine_busy(), cpu_ticks(mock_pids)
+    cpu1, busy1, mocks1 = cpu_ticks_each(workers), machine_ticks(), cpu_ticks_each(mock_pids)
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if stopper:
         stopper.join()
@@ -187,13 +164,13 @@ def run_level(args, slo, proxy, mocks, users: int, down: bool) -> dict:
     start, until = int(wall0) - args.flush, int(wall1) + args.flush
     seconds = wall1 - wall0
     machine = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * CPUS
-    proxy_cores = (sum(cpu1.values()) - sum(cpu0.values())) / TICKS / seconds
+    proxy_cores = (sum(cpu1.values()) - sum(cpu0.values())) / CLOCK_TICKS / seconds
     mocks1.update(last_b)
-    mock_cores = sum(mocks1[pid] - mocks0.get(pid, 0) for pid in mocks1) / TICKS / seconds
+    mock_cores = sum(mocks1[pid] - mocks0.get(pid, 0) for pid in mocks1) / CLOCK_TICKS / seconds
     # What this process's waited-for children used: jmeter/run and its JVM, plus a
     # stopped mock-b's whole life (its own ticks, taken out again).
     waited = children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
-    load_cores = (waited - sum(last_b.values()) / TICKS) / seconds
+    load_cores = (waited - sum(last_b.values()) / CLOCK_TICKS) / seconds
     graphite = graphite_slis(args.graphite, slo, start, until)
     jtl = evaluate.evaluate_jtl(results / "results.jtl", slo, step=args.flush, workers=2)
     row = {

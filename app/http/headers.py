@@ -1,0 +1,106 @@
+"""Which headers cross the proxy, in each direction.
+
+Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the message,
+so they stop here: the fixed list below plus every name a ``Connection``
+header lists. Framing headers are never passed on either: each side of the
+proxy frames its own messages (app/http/framing.py). Everything else passes as the
+peer sent it, in its order, repeats kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from app.http.framing import connection_tokens
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# The proxy writes its own Date and Server on every response (app/http/server.py); passing the
+# upstream's too would send both twice (nginx hides the upstream's likewise).
+# X-Request-Id is the proxy's: it sends the id it forwarded.
+REPLACED_BY_PROXY = frozenset({"date", "server", "x-request-id"})
+
+# Request headers the proxy sets itself (Content-Length: from the body it sends).
+SET_BY_PROXY = frozenset(
+    {
+        "host",
+        "content-length",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
+
+# WSGI keeps two request headers outside the HTTP_ namespace.
+_CGI_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+
+
+def header_name(environ_key: str) -> str:
+    """``HTTP_X_REQUEST_ID`` -> ``X-Request-Id`` (field names are case-insensitive)."""
+    return environ_key[5:].replace("_", "-").title()
+
+
+def environ_fields(environ: dict) -> list[tuple[str, str]]:
+    """The request's header fields, rebuilt from a WSGI environ (gunicorn's server)."""
+    fields = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            fields.append((header_name(key), value))
+        elif key in _CGI_HEADERS:
+            fields.append((_CGI_HEADERS[key], value))
+    return fields
+
+
+def upstream_headers(
+    fields: Iterable[tuple[str, str]], host: str, client: str, proto: str, request_id: str = ""
+) -> list[tuple[str, str]]:
+    """The headers sent upstream: the client's end-to-end fields, then the proxy's.
+
+    ``Host`` first (the client's, or an absolute-form target's authority), the
+    client fields minus hop-by-hop ones and those the proxy sets, then
+    X-Forwarded-For (the client appended to what it said), -Proto, -Host and
+    X-Request-Id. A name with ``_`` is dropped, as nginx
+    (``underscores_in_headers off``) and gunicorn do: WSGI maps ``-`` and ``_``
+    to one key, so an upstream could take it for another header.
+    """
+    fields = list(fields)
+    dropped = HOP_BY_HOP | SET_BY_PROXY
+    forwarded_for = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower == "connection":
+            dropped = dropped | connection_tokens(value)
+        elif lower == "x-forwarded-for":
+            forwarded_for.append(value)
+    headers = [("Host", host)]
+    headers += [(n, v) for n, v in fields if n.lower() not in dropped and "_" not in n]
+    forwarded_for.append(client)
+    headers += [
+        ("X-Forwarded-For", ", ".join(forwarded_for)),
+        ("X-Forwarded-Proto", proto),
+        ("X-Forwarded-Host", host),
+    ]
+    if request_id:
+        headers.append(("X-Request-Id", request_id))
+    return headers
+
+
+def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream response headers to pass on, repeated names kept as separate lines."""
+    items = list(items)
+    dropped = HOP_BY_HOP | REPLACED_BY_PROXY
+    for name, value in items:
+        if name.lower() == "connection":
+            dropped = dropped | connection_tokens(value)
+    return [(name, value) for name, value in items if name.lower() not in dropped]

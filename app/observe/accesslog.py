@@ -1,0 +1,138 @@
+"""The access log: one JSON line per proxied request, through gunicorn's logging.
+
+``logger_class`` in gunicorn.conf.py points here, so ``--access-logfile``,
+``--log-config`` and syslog keep working as gunicorn documents them; only the
+line's format is ours. The fields are those the original project planned to
+ship to ELK (docs/observability.md, "Access log"). Admin-port requests (probes) are not logged.
+
+When the access log is a plain file or stdout (gunicorn's own handlers), lines
+go straight into the handler's stream and are flushed once a second
+(``flush_access_log``, called by the worker's background loop and at exit),
+as nginx's ``access_log ... flush=1s``: through ``logging`` each line cost
+more than the rest of the proxy's bookkeeping together. Any other handler
+(``--log-config``, syslog) gets each line through ``logging`` as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from json.encoder import encode_basestring_ascii
+
+from gunicorn.glogging import Logger
+
+from app.observe.record import Record
+
+
+def entry(record: Record, environ: dict) -> dict:
+    """The access-log fields of one request."""
+    return {
+        "time": _iso(record.wall_time),
+        "request_id": record.request_id,
+        "client": environ.get("REMOTE_ADDR"),
+        "method": environ.get("REQUEST_METHOD"),
+        "uri": environ.get("RAW_URI"),
+        "host": environ.get("HTTP_HOST"),
+        "service": record.service,
+        "upstream": record.upstream,
+        "outcome": record.outcome,
+        "upstream_status": record.upstream_status,
+        "status": record.status,
+        "response_bytes": record.bytes_out,
+        "request_bytes": record.bytes_in,
+        "duration_ms": _ms(record.duration),
+        "connect_ms": _ms(record.connect_time),
+        "upstream_ms": _ms(record.upstream_time),
+        "retries": record.retries,
+    }
+
+
+def line(record: Record, environ: dict) -> str:
+    """``entry()`` as one compact JSON line, written out field by field.
+
+    The same text ``json.dumps(entry(...))`` gives (a test holds them equal),
+    in a quarter of the time: strings go through json's C escaper, numbers
+    are formatted directly.
+    """
+    get = environ.get
+    return (
+        f'{{"time":"{_iso(record.wall_time)}","request_id":{_str(record.request_id)},'
+        f'"client":{_str(get("REMOTE_ADDR"))},"method":{_str(get("REQUEST_METHOD"))},'
+        f'"uri":{_str(get("RAW_URI"))},"host":{_str(get("HTTP_HOST"))},'
+        f'"service":{_str(record.service)},"upstream":{_str(record.upstream)},'
+        f'"outcome":{_str(record.outcome)},"upstream_status":{_int(record.upstream_status)},'
+        f'"status":{_int(record.status)},"response_bytes":{record.bytes_out},'
+        f'"request_bytes":{record.bytes_in},"duration_ms":{_num(_ms(record.duration))},'
+        f'"connect_ms":{_num(_ms(record.connect_time))},'
+        f'"upstream_ms":{_num(_ms(record.upstream_time))},"retries":{record.retries}}}'
+    )
+
+
+class JsonAccessLogger(Logger):
+    def access(self, resp, req, environ, request_time):
+        """gunicorn's call, which comes before the response is closed: lbproxy's
+        requests are logged at their end instead (``log_record``, from
+        app/observe/end.py), and admin-port requests not at all."""
+
+    def log_record(self, record: Record, environ: dict) -> None:
+        """One request's line (app/observe/end.py calls this once per request)."""
+        if not self.access_log_enabled:
+            return
+        text = line(record, environ)
+        stream = self._direct_stream()
+        if stream is None:
+            self.access_log.info(text)
+        else:
+            stream.write(text + "\n")
+
+    def flush_access_log(self) -> None:
+        """Write out the lines buffered in the stream (once a second, and at exit)."""
+        stream = self._direct_stream()
+        if stream is not None:
+            stream.flush()
+
+    def _direct_stream(self):
+        """The stream of gunicorn's own file or stdout handler; None for any other setup."""
+        logger = self.access_log
+        if len(logger.handlers) != 1 or logger.filters:
+            return None
+        handler = logger.handlers[0]
+        if (
+            type(handler) not in _PLAIN_HANDLERS
+            or handler.filters
+            or handler.formatter is None
+            # logging.Formatter keeps its format only as _fmt (stdlib, since 2.x).
+            or handler.formatter._fmt != "%(message)s"
+        ):
+            return None
+        return handler.stream
+
+
+_PLAIN_HANDLERS = (logging.StreamHandler, logging.FileHandler)
+
+
+def _str(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _int(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _num(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+_second = [-1, ""]  # the last second formatted, and its text
+
+
+def _iso(epoch: float) -> str:
+    """``2026-11-26T01:02:03.456Z``; the seconds part formatted once per second."""
+    second = int(epoch)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int(epoch % 1 * 1000):03d}Z"

@@ -1,0 +1,211 @@
+"""StatsD metrics, sent over UDP with the ``statsd`` package.
+
+Naming (prefix ``lbproxy`` by default; ``<service>`` is the service's name and
+``<host>`` its ``address:port``, each with every character outside
+``[A-Za-z0-9_-]`` made ``_``, so a dot never splits a Graphite path):
+
+  <prefix>.<service>.request                 timer  total time as seen by the proxy
+  <prefix>.<service>.upstream                timer  time to the upstream's response headers
+  <prefix>.<service>.connect                 timer  TCP connect, when a new connection was opened
+  <prefix>.<service>.status.<N>xx            counter  responses sent, by status class
+  <prefix>.<service>.errors.<kind>           counter  requests that failed, by kind
+  <prefix>.<service>.bytes_in / bytes_out    counter  request / response body bytes
+  <prefix>.<service>.retries                 counter  retries made
+  <prefix>.<service>.hosts.<host>.<metric>   the same per upstream host (request,
+                                             upstream, connect, status.<N>xx,
+                                             bytes_in, bytes_out)
+  <prefix>.<service>.hosts.<host>.ejected / returned / down / up   counter  health events
+  <prefix>.unrouted.status.<N>xx, .errors.<kind>   requests that matched no service
+  <prefix>.<service>.in_flight.<pid>         gauge  requests in flight, per worker
+  <prefix>.<service>.hosts_in_rotation.<pid> gauge  hosts in rotation, per worker
+  <prefix>.<service>.hosts.<host>.pool_idle.<pid>  gauge  idle pooled connections, per worker
+
+Gauges are per worker (sum them in Graphite: ``sumSeries(...in_flight.*)``):
+StatsD keeps one value per gauge, so workers must not share a name.
+
+Metrics are collected in the worker and sent in full datagrams (counters
+summed, timer samples batched; at the latest every ``statsd.interval`` seconds
+and at worker exit). Sending never raises and never blocks: UDP to a dead port
+is lost, an unresolvable host turns metrics off with a warning at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+
+import statsd
+
+from app.config import Statsd
+from app.observe.record import Record
+
+log = logging.getLogger("gunicorn.error")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+UNROUTED = "unrouted"
+# One request's metrics fit one datagram under the usual 1500-byte MTU.
+MAX_DATAGRAM = 1432
+
+
+def safe(name: str) -> str:
+    return _UNSAFE.sub("_", name)
+
+
+def statsd_settings(configured: Statsd | None, environ=os.environ) -> Statsd | None:
+    """proxy.statsd, with STATSD_HOST / STATSD_PORT / STATSD_PREFIX taking precedence."""
+    base = configured or Statsd()
+    host = environ.get("STATSD_HOST", base.host or "") or None
+    if host is None:
+        return None
+    port = int(environ.get("STATSD_PORT") or base.port)
+    prefix = environ.get("STATSD_PREFIX") or base.prefix
+    return Statsd(host=host, port=port, prefix=prefix, interval=base.interval)
+
+
+class Scope:
+    """The metric names of one service, or of one host of a service, made once."""
+
+    __slots__ = ("bytes_in", "bytes_out", "connect", "request", "status", "upstream")
+
+    def __init__(self, base: str):
+        self.request = f"{base}.request"
+        self.upstream = f"{base}.upstream"
+        self.connect = f"{base}.connect"
+        self.bytes_in = f"{base}.bytes_in"
+        self.bytes_out = f"{base}.bytes_out"
+        self.status = {n: f"{base}.status.{n}xx" for n in range(1, 6)}
+
+
+class Metrics:
+    """Collects each request's metrics; sends them in batches; never raises or blocks.
+
+    Counters are summed in the worker and timer samples queued; both leave in
+    full datagrams (``TIMERS_PER_DATAGRAM`` samples, or every ``interval``
+    seconds from the gauge loop, or at worker exit): a datagram carries many
+    requests instead of one request costing one ``sendto``. StatsD sees the
+    same totals and every timer sample. ``enabled`` False: nothing is kept.
+    """
+
+    TIMERS_PER_DATAGRAM = 28  # ~45 bytes a sample: a datagram's worth
+
+    def __init__(self, settings: Statsd | None):
+        self.client = None
+        self.settings = settings
+        self.counters: dict[str, int] = {}
+        self.active: set[str] = set()  # services with news since the last gauge report
+        self.reported: set[str] = set()  # services in the last gauge report
+        self.timers: list[tuple[str, float]] = []
+        self._scopes: dict[tuple[str | None, str | None], tuple[Scope, Scope | None]] = {}
+        if settings is None:
+            return
+        try:
+            self.client = statsd.StatsClient(
+                settings.host,
+                settings.port,
+                prefix=safe_prefix(settings.prefix),
+                maxudpsize=MAX_DATAGRAM,
+            )
+        except (OSError, socket.gaierror) as error:
+            log.warning(
+                "lbproxy: StatsD %s:%s unusable, metrics off: %s",
+                settings.host,
+                settings.port,
+                error,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def request_done(self, record: Record) -> None:
+        if self.client is None:
+            return
+        if record.service:
+            self.active.add(record.service)
+        service, host = self._scopes_of(record.service, record.upstream)
+        status_class = record.status // 100 if record.status else None
+        for scope in (service, host) if host else (service,):
+            if status_class:
+                self._count(scope.status[status_class])
+            if not record.service:
+                continue  # unrouted: only status and errors
+            self._time(scope.request, record.duration)
+            if record.upstream_time is not None:
+                self._time(scope.upstream, record.upstream_time)
+            if record.connect_time is not None:
+                self._time(scope.connect, record.connect_time)
+            if record.bytes_in:
+                self._count(scope.bytes_in, record.bytes_in)
+            if record.bytes_out:
+                self._count(scope.bytes_out, record.bytes_out)
+        base = safe(record.service) if record.service else UNROUTED
+        if record.outcome != "success":
+            self._count(f"{base}.errors.{record.outcome}")
+        if record.retries:
+            self._count(f"{base}.retries", record.retries)
+        if len(self.timers) >= self.TIMERS_PER_DATAGRAM:
+            self.flush()
+
+    def health_event(self, service: str, host: str, event: str) -> None:
+        if self.client is not None:
+            self.active.add(service)
+            self._count(f"{safe(service)}.hosts.{safe(host)}.{event}")
+
+    def flush(self) -> None:
+        """Send what was collected (the counters summed since the last flush)."""
+        if self.client is None or not (self.counters or self.timers):
+            return
+        counters, self.counters = self.counters, {}
+        timers, self.timers = self.timers, []
+        pipe = self.client.pipeline()
+        for name, value in counters.items():
+            pipe.incr(name, value)
+        for name, seconds in timers:
+            pipe.timing(name, seconds * 1000)
+        pipe.send()
+
+    def report_gauges(self, routes: dict, pools) -> None:
+        """Per-worker gauges (in flight, hosts in rotation, idle pooled
+        connections), then everything collected.
+
+        Only for the services that saw a request or a health event since the
+        last report, and once more after that (their values back at rest), so
+        the cost follows the traffic, not the number of domains: 10,000 idle
+        services cost nothing here. ``routes`` maps service names to routes.
+        """
+        if self.client is None:
+            return
+        active, self.active = self.active, set()
+        due, self.reported = active | self.reported, active
+        pid = os.getpid()
+        pipe = self.client.pipeline()
+        for route in (routes[name] for name in due if name in routes):
+            service = safe(route.service.name)
+            pipe.gauge(f"{service}.in_flight.{pid}", route.balancer.total_in_flight)
+            pipe.gauge(f"{service}.hosts_in_rotation.{pid}", len(route.health.in_rotation()))
+            for host in route.service.hosts:
+                idle = pools.idle(host)
+                pipe.gauge(f"{service}.hosts.{safe(host.name)}.pool_idle.{pid}", idle)
+        pipe.send()
+        self.flush()
+
+    def _count(self, name: str, value: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + value
+
+    def _time(self, name: str, seconds: float) -> None:
+        self.timers.append((name, seconds))
+
+    def _scopes_of(self, service: str | None, upstream: str | None):
+        key = (service, upstream)
+        scopes = self._scopes.get(key)
+        if scopes is None:
+            base = safe(service) if service else UNROUTED
+            host = Scope(f"{base}.hosts.{safe(upstream)}") if upstream else None
+            scopes = self._scopes[key] = (Scope(base), host)
+        return scopes
+
+
+def safe_prefix(prefix: str) -> str:
+    return ".".join(safe(part) for part in prefix.split(".") if part)

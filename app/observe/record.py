@@ -1,0 +1,52 @@
+"""What one request did: filled in step by step, read by metrics and the access log.
+
+app/wsgi.py makes one per request and hands it to app/observe/end.py when the
+request is over, whatever path it took.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+# A client's X-Request-ID is kept if it is short and printable; else we make one.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def request_id(offered: str | None) -> str:
+    """The client's id if usable, else 128 random bits in hex.
+
+    An id must be unique, not secret: ``random`` (reseeded in each forked
+    worker) is a fifth of the cost of ``os.urandom``'s syscall.
+    """
+    if offered and _REQUEST_ID.fullmatch(offered):
+        return offered
+    return f"{random.getrandbits(128):032x}"
+
+
+@dataclass(slots=True)
+class Record:
+    request_id: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    wall_time: float = field(default_factory=time.time)
+    service: str | None = None
+    upstream: str | None = None  # host:port of the last host tried
+    outcome: str = "success"  # or the error kind (app/errors.py)
+    upstream_status: int | None = None
+    status: int | None = None
+    connect_time: float | None = None  # None: a pooled connection was reused
+    upstream_time: float | None = None  # until the upstream's response headers
+    retries: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    finished: float | None = None
+
+    def finish(self) -> None:
+        if self.finished is None:
+            self.finished = time.perf_counter()
+
+    @property
+    def duration(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started

@@ -1,0 +1,1 @@
+"""The gunicorn side: process settings, the master's config, the worker classes."""

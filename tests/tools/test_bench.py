@@ -1,0 +1,224 @@
+"""The benchmark harness (bench/, docs/bench.md): its smoke run and its parts.
+
+The smoke run is the CI check that the benchmark keeps working: every expected
+configuration produced requests and every field, and every process it started
+is gone. No timing threshold is asserted: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.config import parse_config
+from bench import harness, load, peers, report
+from devkit import processes
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE_CONNECTIONS = (1, 100)
+ROW_FIELDS = {
+    "section", "peer", "label", "connections", "path", "body_bytes", "requests", "rps",
+    "mb_per_s", "latency_us", "errors", "errors_total", "cpu_us_per_req",
+    "upstream_cpu_us_per_req", "rss_kib", "pss_kib", "rss_kib_peak", "processes",
+    "foreign_cpu_pct", "ratio_haproxy",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    results = REPO / "bench" / "RESULTS.md"
+    before = results.stat().st_mtime if results.exists() else None
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    after = results.stat().st_mtime if results.exists() else None
+    assert before == after, "the smoke run must not rewrite bench/RESULTS.md"
+    data = json.loads((out / "latest.json").read_text())
+    return {"data": data, "out": out, "stdout": done.stdout, "elapsed": elapsed}
+
+
+@pytest.mark.slow
+def test_smoke_has_every_configuration_with_requests_and_fields(smoke):
+    data = smoke["data"]
+    assert data["mode"] == "smoke"
+    assert not data.get("error") and not data.get("interrupted")
+    assert [s for s in data["sessions"] if s.get("error")] == []
+    rows = {(row["peer"], row["connections"]): row for row in data["results"]}
+    assert set(rows) == {(p, c) for p in harness.SMOKE_PEERS for c in SMOKE_CONNECTIONS}
+    for key, row in rows.items():
+        assert set(row) >= ROW_FIELDS, key
+        assert row["requests"] > 0 and row["rps"] > 0, key
+        assert set(row["latency_us"]) >= {"p50", "p99", "max"}, key
+        assert 0 < row["latency_us"]["p50"] <= row["latency_us"]["p99"], key
+        assert set(row["errors"]) == {"connect", "read", "write", "status", "timeout"}, key
+        assert row["cpu_us_per_req"] > 0, key
+        assert row["rss_kib"] > 0 and 0 < row["pss_kib"] <= row["rss_kib"], key
+        assert row["ratio_haproxy"] > 0, key
+    assert rows[("haproxy", 100)]["ratio_haproxy"] == 1
+    assert rows[("lbproxy-2w", 100)]["processes"] == 3  # master + 2 workers
+    assert data["summary"]["lbproxy-2w"]["added_p50_ms"] is not None
+    assert {t["target"] for t in data["targets"]} >= {text for text, _ in report.TARGETS.values()}
+    for key in ("nproc", "cpu_model", "kernel"):
+        assert data["machine"][key]
+
+
+@pytest.mark.slow
+def test_smoke_lbproxy_variants_are_labelled(smoke):
+    sessions = {s["peer"]: s for s in smoke["data"]["sessions"]}
+    on, off = sessions["lbproxy-2w"], sessions["lbproxy-2w-off"]
+    assert set(on["notes"]["variant_env"]) >= {"STATSD_HOST", "STATSD_PORT", "GUNICORN_CMD_ARGS"}
+    assert off["notes"]["variant_env"] == {}
+    seen = on["features"]
+    assert seen["access_log_lines"] > 0  # gunicorn's --access-logfile works in any build
+    assert isinstance(seen["statsd_datagrams"], int)
+    text = (smoke["out"] / "latest.md").read_text()
+    if not seen["realised"]:
+        assert "lbproxy 2 workers, on †" in text  # not faked: marked as not realised
+    for session in sessions.values():
+        assert session["label"] in text
+
+
+@pytest.mark.slow
+def test_smoke_leaves_no_process_running(smoke):
+    data = smoke["data"]
+    assert data["survivors"] == []
+    names = {p["name"] for p in data["processes"]}
+    assert names >= {"upstream", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off", "statsd-sink"}
+    assert sum(p["name"] == "lbproxy-2w" for p in data["processes"]) == 3
+    for process in data["processes"]:
+        assert not processes.is_alive(process["pid"], process["started"]), process
+
+
+def test_wrk_report_is_parsed():
+    output = (
+        "Running 2s test @ http://127.0.0.1:1/1k\n"
+        'BENCH-JSON {"requests":2000,"duration_us":2000000,"bytes":3000000,'
+        '"errors":{"connect":0,"read":1,"write":0,"status":2,"timeout":3},'
+        '"latency_us":{"mean":1.0,"stdev":1.0,"min":1,"max":9,"p50":4,"p90":5,"p99":7,"p999":8}}\n'
+    )
+    result = load.parse(output)
+    assert result["rps"] == 1000 and result["mb_per_s"] == 1.5
+    assert result["errors"]["timeout"] == 3
+    with pytest.raises(ValueError):
+        load.parse("wrk: connection refused\n")
+
+
+def test_wrk_uses_one_thread_for_one_connection():
+    assert "-t1" in load.Load(8080, "/1k", 1, 2).args()
+    args = load.Load(8080, "/1m", 400, 5).args()
+    assert "-t2" in args and "-c400" in args and "-d5s" in args
+    assert args[-1] == "http://127.0.0.1:8080/1m" and "Host: bench.test" in args
+
+
+def test_full_plan_covers_every_peer_and_scaling_case():
+    options = harness.Options()
+    assert options.full
+    sessions = {peer.name: cases for peer, cases in harness.plan(options)}
+    assert set(sessions) == set(peers.PEERS)
+    for name in set(peers.PEERS) - {"lbproxy-2w-10k"}:
+        assert {c.connections for c in sessions[name] if c.section == "main"} == {1, 100, 400}
+    sweep = {c.connections for c in sessions["lbproxy-2w"] if c.path == "/1k"}
+    assert sweep == {1, 10, 100, 400, 1000}
+    bodies = [c.path for c in sessions["lbproxy-2w"] if c.section == "bodies"]
+    assert bodies == ["/100k", "/1m"]
+    assert [c.section for c in sessions["lbproxy-2w-10k"]] == ["domains"]
+    assert harness.estimate_seconds(options) < 420
+
+
+def test_lbproxy_configs_are_valid_with_3_and_10000_domains():
+    for domains in (3, 10_000):
+        document = peers.lbproxy_config(18080, 18081, 18082, domains)
+        config = parse_config(yaml.safe_dump(document))
+        assert len(config.services) == domains
+        assert config.services[0].domain == peers.BENCH_DOMAIN
+        assert config.listen.address == config.admin.address == "127.0.0.1"
+        assert {h.port for s in config.services for h in s.hosts} == {18082}
+
+
+def test_features_seen_tells_realised_from_not(tmp_path):
+    (tmp_path / "statsd.json").write_text(json.dumps({"datagrams": 0, "sample": []}))
+    (tmp_path / "access.log").write_text('127.0.0.1 - - "GET /1k HTTP/1.1" 200 1024\n')
+    seen = harness.features_seen(tmp_path, peers.PEERS["lbproxy-2w"])
+    assert seen["access_log_lines"] == 1 and not seen["metrics"] and not seen["realised"]
+    (tmp_path / "statsd.json").write_text(json.dumps({"datagrams": 7, "sample": ["a:1|c"]}))
+    (tmp_path / "access.log").write_text('{"status": 200}\n{"status": 200}\n')
+    seen = harness.features_seen(tmp_path, peers.PEERS["lbproxy-2w"])
+    assert seen["access_log_lines"] == 2 and seen["realised"]
+
+
+def test_processes_are_stopped_by_pid_with_their_descendants(tmp_path):
+    registry = processes.Registry(timeout=5.0)
+    # A root that ignores SIGTERM, with a child of its own: both must go.
+    stubborn = registry.start(
+        "stubborn", ["sh", "-c", "trap '' TERM; sleep 60 & wait"], tmp_path / "a.log"
+    )
+    deadline = time.monotonic() + 5
+    while len(stubborn.tree()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(stubborn.tree()) == 2
+    rss, pss = processes.memory_kib(stubborn.tree())
+    assert rss > 0 and pss > 0
+    assert processes.cpu_ticks(stubborn.tree()) >= 0
+    plain = registry.start("plain", ["sleep", "60"], tmp_path / "b.log", stop_signal=signal.SIGINT)
+    started = time.monotonic()
+    registry.stop(stubborn, timeout=0.5)
+    registry.stop_all()
+    assert time.monotonic() - started < 15
+    assert registry.survivors() == [] and registry.live == []
+    assert {s.name for s in registry.record} == {"stubborn", "plain"}
+    assert len(registry.record) == 3
+    for seen in registry.record:
+        assert not processes.is_alive(seen.pid, seen.started)
+    assert plain.popen.returncode == -signal.SIGINT
+    assert os.getpid() not in {s.pid for s in registry.record}
+
+
+def test_report_marks_targets_met_and_not_met():
+    def row(peer, conns, rps, p50, cpu=100.0, rss=80 * 1024, errors=0):
+        return {
+            "section": "main", "peer": peer, "label": peer, "connections": conns,
+            "path": "/1k", "rps": rps, "latency_us": {"p50": p50, "p99": p50 * 3},
+            "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": errors},
+            "errors_total": 0, "cpu_us_per_req": cpu, "upstream_cpu_us_per_req": 10.0,
+            "rss_kib": rss, "pss_kib": rss // 2, "processes": 3, "foreign_cpu_pct": 0.0,
+            "mb_per_s": 1.0,
+        }  # fmt: skip
+
+    data = {
+        "results": [
+            row("direct", 1, 30000, 50),
+            row("haproxy", 100, 50000, 1000),
+            row("lbproxy-2w", 1, 2000, 300),
+            row("lbproxy-2w", 100, 6000, 9000, cpu=400.0),
+            row("lbproxy-2w", 400, 6000, 40000, errors=2),
+        ],
+        "sessions": [
+            {"peer": name, "label": name, "kind": name.split("-")[0]}
+            for name in ("direct", "haproxy", "lbproxy-2w")
+        ],
+    }
+    report.derive(data)
+    status = {t["target"]: t["met"] for t in data["targets"]}
+    texts = {key: text for key, (text, _) in report.TARGETS.items()}
+    assert status[texts["ratio_100"]] is True  # 12%
+    assert status[texts["cpu_100"]] is False  # 400 µs
+    assert status[texts["added_p50"]] is True  # +0.25 ms
+    assert status[texts["rss"]] is True
+    assert status[texts["errors_400"]] is False
+    assert data["summary"]["lbproxy-2w"]["added_p50_ms"] == pytest.approx(0.25)

@@ -1,0 +1,41 @@
+"""The access log's line: exactly the JSON of its fields, whatever they hold."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.observe.accesslog import entry, line
+from app.observe.record import Record
+
+text = st.one_of(st.none(), st.text(max_size=30))
+seconds = st.one_of(st.none(), st.floats(min_value=0, max_value=1e5, allow_nan=False))
+
+
+@given(
+    text,
+    text,
+    text,
+    text,
+    text,
+    text,
+    st.one_of(st.none(), st.integers(100, 599)),
+    st.integers(0, 10**12),
+    seconds,
+)
+def test_the_fast_line_is_the_json_of_the_entry(
+    service, upstream, uri, host, client, request_id, status, size, connect
+):
+    record = Record(request_id or "")
+    record.service, record.upstream, record.status = service, upstream, status
+    record.upstream_status = status
+    record.connect_time = record.upstream_time = connect
+    record.bytes_in = record.bytes_out = size
+    record.finish()
+    environ = {"REMOTE_ADDR": client, "REQUEST_METHOD": "GET", "RAW_URI": uri, "HTTP_HOST": host}
+    written = line(record, environ)
+    assert json.loads(written) == entry(record, environ)
+    assert written == json.dumps(entry(record, environ), separators=(",", ":"))
+    assert "\n" not in written

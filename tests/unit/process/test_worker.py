@@ -1,0 +1,90 @@
+"""The worker classes: the accept batch through gunicorn's server_class hook, and
+the gunicorn internals the master's light stand-ins rely on."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+from gunicorn.workers import base, base_async, ggevent
+
+import app.process.gevent_worker
+import app.process.worker
+from app.process.gevent_worker import (
+    ACCEPT_BATCH,
+    GeventGunicornServerWorker,
+    GeventLbproxyServerWorker,
+)
+
+
+@pytest.mark.parametrize("worker_class", [GeventGunicornServerWorker, GeventLbproxyServerWorker])
+def test_gunicorns_server_class_hook_builds_a_batch_accepting_server(worker_class):
+    listener = socket.create_server(("127.0.0.1", 0))
+    worker = worker_class.__new__(worker_class)  # no process: only what server_class reads
+    worker.cfg = SimpleNamespace(
+        limit_request_line=8190,
+        limit_request_fields=100,
+        limit_request_field_size=8190,
+        keepalive=5,
+    )
+    worker.wsgi = lambda environ, start_response: []
+    try:
+        # Exactly the call ggevent.GeventWorker.run makes (pinned below).
+        server = worker.server_class(
+            listener, application=None, spawn=10, log=None, handler_class=None, environ={}
+        )
+        assert server.max_accept == ACCEPT_BATCH > 1
+        assert server.socket is listener
+    finally:
+        listener.close()
+
+
+def test_gunicorn_still_calls_the_server_class_hook_with_these_arguments():
+    source = inspect.getsource(ggevent.GeventWorker.run)
+    assert "if self.server_class is not None:" in source
+    call = "".join(source.split("server = self.server_class(")[1].split(")")[0].split())
+    assert call == (
+        "s,application=self.wsgi,spawn=pool,log=self.log,"
+        "handler_class=self.wsgi_handler,environ=environ,**ssl_args"
+    )
+    assert ggevent.GeventWorker.server_class is None  # gunicorn's default: its own StreamServer
+
+
+def test_the_class_swap_relies_only_on_what_gunicorn_still_does():
+    """app/process/worker.py's docstring names these internals."""
+    assert "__init__" not in vars(ggevent.GeventWorker)
+    assert ggevent.GeventWorker.__mro__[1:3] == (base_async.AsyncWorker, base.Worker)
+    body = textwrap.dedent(inspect.getsource(base_async.AsyncWorker.__init__)).splitlines()
+    assert [line.strip() for line in body[1:]] == [
+        "super().__init__(*args, **kwargs)",
+        "self.worker_connections = self.cfg.worker_connections",
+    ]
+
+
+def test_the_master_loads_the_worker_classes_without_gevent():
+    """gunicorn's master imports the worker class: it must not pull in gevent (6 MiB)."""
+    # Without coverage's subprocess measurement: its gevent support imports gevent.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE")}
+    code = (
+        "import sys, app.process.worker, app.process.settings\n"
+        "cls = app.process.worker.LbproxyServerWorker\n"
+        "print(any(name.split('.')[0] == 'gevent' for name in sys.modules), cls.gevent_class)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["False", "GeventLbproxyServerWorker"]
+
+
+def test_each_stand_in_names_a_gevent_worker():
+    for name in ("LbproxyServerWorker", "GunicornServerWorker"):
+        stand_in = getattr(app.process.worker, name)
+        real = getattr(app.process.gevent_worker, stand_in.gevent_class)
+        assert real.__name__ == "Gevent" + name
+        assert issubclass(real, ggevent.GeventWorker)
