@@ -20,9 +20,10 @@ from app.process.master import load_or_keep
 _config = load_or_keep()
 
 wsgi_app = "app.wsgi:application"
-bind = [
-    f"{_config.listen.address}:{_config.listen.port}",
-    f"{_config.admin.address}:{_config.admin.port}",  # health and status: app/observe/admin.py
+# Every proxy.yaml listener (TLS where it has `tls`: app/http/tls.py), then the
+# admin listener (health and status, app/observe/admin.py), always plain HTTP.
+bind = [f"{listen.address}:{listen.port}" for listen in _config.listeners] + [
+    f"{_config.admin.address}:{_config.admin.port}"
 ]
 # A gevent worker accepting in batches under load, serving HTTP with lbproxy's
 # own server, or with gunicorn's when PROXY_HTTP_SERVER=gunicorn (app/process/worker.py).

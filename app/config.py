@@ -13,11 +13,13 @@ come from ``proxy.defaults``, key by key.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +51,11 @@ class ConfigError(ValueError):
 Check = Callable[[Any, str], Any]
 
 
-def setting(default: Any, check: Check, doc: str) -> Any:
-    """A config field: its default, the check its value must pass, and what it
-    means (docs/configuration.md is generated from these: app/config_reference.py)."""
-    return field(default=default, metadata={"check": check, "doc": doc})
+def setting(default: Any, check: Check, doc: str, required: bool = False) -> Any:
+    """A config field: its default (or required), the check its value must pass,
+    and what it means (docs/configuration.md is generated from these:
+    app/config_reference.py)."""
+    return field(default=default, metadata={"check": check, "doc": doc, "required": required})
 
 
 # --- field checks ----------------------------------------------------------
@@ -172,16 +175,139 @@ def is_hostname(value: str) -> bool:
 
 port = integer(1, 65535)
 
+# The directory relative certificate and CA paths are read from: proxy.yaml's.
+_BASE_DIRECTORY: contextvars.ContextVar[Path] = contextvars.ContextVar("base", default=Path("."))
+
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+
+
+def file_path(value: Any, where: str) -> str:
+    """A readable file; relative to the directory of proxy.yaml. Kept absolute."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(where, f"expected a file path, got {_describe(value)}")
+    path = Path(value)
+    if not path.is_absolute():
+        path = _BASE_DIRECTORY.get() / path
+    if not path.is_file():
+        raise ConfigError(where, f"no such file: {path}")
+    return str(path.resolve())
+
+
+def ca_bundle(value: Any, where: str) -> str:
+    path = file_path(value, where)
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as error:
+        raise ConfigError(where, f"not a PEM CA bundle ({error.reason or error})") from None
+    return path
+
+
+def alpn_list(value: Any, where: str) -> tuple[str, ...]:
+    allowed = ", ".join(ALPN_PROTOCOLS)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(where, f"expected a list of {allowed}, got {_describe(value)}")
+    for i, item in enumerate(value):
+        if item not in ALPN_PROTOCOLS:
+            raise ConfigError(f"{where}[{i}]", f"expected one of {allowed}, got {_describe(item)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(where, "lists a protocol twice")
+    if "http/1.1" not in value:
+        raise ConfigError(where, "must include http/1.1 (clients without HTTP/2 need it)")
+    return tuple(value)
+
+
+def server_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not is_hostname(value.lower().rstrip(".")):
+        raise ConfigError(
+            where, f"expected a DNS name such as api.internal, got {_describe(value)}"
+        )
+    return value.lower().rstrip(".")
+
 
 # --- the schema ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """One certificate a TLS listener serves, chosen by SNI from the names in its SAN."""
+
+    cert: str = setting(None, file_path, "PEM certificate chain, leaf first", required=True)
+    key: str = setting(None, file_path, "its PEM private key", required=True)
+    names: tuple[str, ...] = ()  # the DNS names of its SAN, read when it is loaded
+    # The files as validated: workers load these, so a file replaced by a bad
+    # one before a refused reload cannot reach a worker (it would not boot).
+    pem: bytes = field(default=b"", repr=False, compare=False)
+
+
+def certificates(value: Any, where: str) -> tuple[Certificate, ...]:
+    items = _list(value, where)
+    checked = []
+    for i, item in enumerate(items):
+        certificate = block(Certificate, item, f"{where}[{i}]")
+        _load_certificate(certificate, f"{where}[{i}]")
+        names = certificate_names(certificate.cert, f"{where}[{i}].cert")
+        if i and not names:
+            raise ConfigError(
+                f"{where}[{i}].cert",
+                "has no DNS name in its SAN, so SNI can never choose it (only the first"
+                " certificate, the default, may have none)",
+            )
+        pem = Path(certificate.cert).read_bytes() + b"\n" + Path(certificate.key).read_bytes()
+        checked.append(dataclasses.replace(certificate, names=names, pem=pem))
+    return tuple(checked)
+
+
+def certificate_names(path: str, where: str) -> tuple[str, ...]:
+    """The DNS names in the SAN of the first certificate of a PEM file, lower-case."""
+    # Imported here: only a config with TLS listeners pays for it.
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except ValueError as error:
+        raise ConfigError(where, f"not a PEM certificate ({error})") from None
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName))
+
+
+def _load_certificate(certificate: Certificate, where: str) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certificate.cert, certificate.key)
+    except ssl.SSLError as error:
+        reason = error.reason or str(error)
+        raise ConfigError(
+            where, f"the certificate and key do not load as a pair ({reason})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ListenTLS:
+    """TLS termination on a listener (docs/tls.md). The admin listener stays plain HTTP."""
+
+    certificates: tuple[Certificate, ...] = setting(
+        (),
+        certificates,
+        "the first is the default (unknown or missing SNI); each other one is chosen by SNI"
+        " from the DNS names in its SAN",
+        required=True,
+    )
+    alpn: tuple[str, ...] = setting(
+        ("http/1.1",), alpn_list, "protocols offered by ALPN: `[h2, http/1.1]` offers HTTP/2 too"
+    )
+
+
+@dataclass(frozen=True)
 class Listen:
-    """Where the proxy takes client traffic."""
+    """Where the proxy takes client traffic: a mapping, or a list of them (say 8080
+    plain and 8443 TLS side by side)."""
 
     address: str = setting("0.0.0.0", address, "address to listen on")
     port: int = setting(8080, port, "port to listen on")
+    tls: ListenTLS | None = setting(None, ListenTLS, "TLS on this listener")
 
 
 @dataclass(frozen=True)
@@ -323,11 +449,32 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class UpstreamTLS:
+    """Speak https to the service's hosts. Never a plaintext fallback."""
+
+    ca: str | None = setting(
+        None,
+        optional(ca_bundle),
+        "PEM CA bundle the hosts' certificates must chain to; none: the system's",
+    )
+    server_name: str | None = setting(
+        None,
+        optional(server_name),
+        "the SNI sent and the name verified in the host's certificate; none: the service's domain",
+    )
+    verify: bool = setting(
+        True, boolean, "verify the certificate chain and name (`false` logs a warning at start)"
+    )
+
+
+@dataclass(frozen=True)
 class Host:
     """One upstream host of a service; each is listed once."""
 
-    address: str = setting(None, address, "IPv4/IPv6 literal or DNS name (a Kubernetes Service)")
-    port: int = setting(None, port, "1-65535")
+    address: str = setting(
+        None, address, "IPv4/IPv6 literal or DNS name (a Kubernetes Service)", required=True
+    )
+    port: int = setting(None, port, "1-65535", required=True)
     weight: int = setting(1, integer(1, 1000), "share of the traffic, for every strategy")
 
     @property
@@ -349,6 +496,7 @@ class Policy:
     retry: Retry = setting(Retry(), Retry, "retries on another host")
     outlier: Outlier = setting(Outlier(), Outlier, "passive health")
     health_check: HealthCheck | None = setting(None, HealthCheck, "active health checks")
+    upstream_tls: UpstreamTLS | None = setting(None, UpstreamTLS, "https to the hosts")
     max_in_flight: int | None = setting(
         None,
         optional(integer(1, 10**6)),
@@ -362,15 +510,9 @@ class Policy:
     )
 
 
-SERVICE_REQUIRED = frozenset({"name", "domain", "hosts"})
-HOST_REQUIRED = frozenset({"address", "port"})
-
-
 def hosts(value: Any, where: str) -> tuple[Host, ...]:
     items = _list(value, where)
-    checked = tuple(
-        block(Host, item, f"{where}[{i}]", required=HOST_REQUIRED) for i, item in enumerate(items)
-    )
+    checked = tuple(block(Host, item, f"{where}[{i}]") for i, item in enumerate(items))
     seen: dict[str, int] = {}
     for index, host in enumerate(checked):
         if host.name in seen:
@@ -386,24 +528,30 @@ def hosts(value: Any, where: str) -> tuple[Host, ...]:
 class Service(Policy):
     """A routed service: any key of `proxy.defaults` may be set here too."""
 
-    name: str = setting(None, name, "unique name (logs, metrics, `/status`)")
+    name: str = setting(None, name, "unique name (logs, metrics, `/status`)", required=True)
     domain: str = setting(
         None,
         domain,
         "unique DNS name matched against `Host`: case-insensitive, port and final dot ignored",
+        required=True,
     )
-    hosts: tuple[Host, ...] = setting((), hosts, "upstream hosts, at least one")
+    hosts: tuple[Host, ...] = setting((), hosts, "upstream hosts, at least one", required=True)
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
     services: tuple[Service, ...]
-    listen: Listen = Listen()
+    listeners: tuple[Listen, ...] = (Listen(),)
     admin: Admin = Admin()
     limits: Limits = Limits()
     defaults: Policy = Policy()
     statsd: Statsd = Statsd()
     source: str = "<memory>"
+
+    @property
+    def listen(self) -> Listen:
+        """The first listener (the only one of the original schema)."""
+        return self.listeners[0]
 
     @property
     def hosts(self) -> frozenset[Host]:
@@ -428,6 +576,15 @@ def load_config(path: str | os.PathLike | None = None) -> ProxyConfig:
 
 
 def parse_config(text: str, source: str = "<memory>") -> ProxyConfig:
+    base = Path(source).parent if source != "<memory>" else Path.cwd()
+    token = _BASE_DIRECTORY.set(base)
+    try:
+        return _parse(text, source)
+    finally:
+        _BASE_DIRECTORY.reset(token)
+
+
+def _parse(text: str, source: str) -> ProxyConfig:
     try:
         document = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as error:
@@ -446,24 +603,46 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
         required={"services"},
         optional={"listen", "admin", "limits", "defaults", "statsd"},
     )
-    listen = block(Listen, data.get("listen"), f"{where}.listen")
+    listeners = _listeners(data.get("listen"), f"{where}.listen")
     admin = block(Admin, data.get("admin"), f"{where}.admin")
-    if admin.port == listen.port:
-        raise ConfigError(f"{where}.admin.port", f"must differ from {where}.listen.port")
+    for index, listen in enumerate(listeners):
+        if admin.port == listen.port:
+            place = f"{where}.listen" if len(listeners) == 1 else f"{where}.listen[{index}]"
+            raise ConfigError(f"{where}.admin.port", f"must differ from {place}.port")
     defaults = block(Policy, data.get("defaults"), f"{where}.defaults")
     services = _services(data["services"], f"{where}.services", defaults)
     limits = block(Limits, data.get("limits"), f"{where}.limits")
     statsd = block(Statsd, data.get("statsd"), f"{where}.statsd")
-    return ProxyConfig(services, listen, admin, limits, defaults, statsd, source)
+    return ProxyConfig(services, listeners, admin, limits, defaults, statsd, source)
 
 
-def block(kind: type, value: Any, where: str, inherited: Any = None, required=frozenset()):
+def _listeners(value: Any, where: str) -> tuple[Listen, ...]:
+    """``listen``: one mapping (the original schema), or a list of them."""
+    if not isinstance(value, list):
+        return (block(Listen, value, where),)
+    listeners = tuple(
+        block(Listen, item, f"{where}[{i}]") for i, item in enumerate(_list(value, where))
+    )
+    seen: dict[int, int] = {}
+    for index, listen in enumerate(listeners):
+        if listen.port in seen:
+            raise ConfigError(
+                f"{where}[{index}].port",
+                f"{listen.port} is already used by {where}[{seen[listen.port]}]",
+            )
+        seen[listen.port] = index
+    return listeners
+
+
+def block(kind: type, value: Any, where: str, inherited: Any = None):
     """Read one mapping into the dataclass ``kind``, checking each field.
 
     A key left out takes its value from ``inherited`` (proxy.defaults for a
-    service), else the field's default. Nested blocks inherit key by key.
+    service), else the field's default; a required key must be there.
+    Nested blocks inherit key by key.
     """
     fields = {f.name: f for f in dataclasses.fields(kind) if "check" in f.metadata}
+    required = {name for name, spec in fields.items() if spec.metadata["required"]}
     data = _mapping(value, where, required=required, optional=set(fields) - set(required))
     values = {}
     for key, spec in fields.items():
@@ -489,7 +668,7 @@ def _services(value: Any, where: str, defaults: Policy) -> tuple[Service, ...]:
 
 
 def _service(value: Any, where: str, defaults: Policy) -> Service:
-    return block(Service, value, where, defaults, required=SERVICE_REQUIRED)
+    return block(Service, value, where, defaults)
 
 
 def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset()) -> dict:

@@ -20,6 +20,8 @@ OUTPUT = config.REPO_ROOT / "docs" / "configuration.md"
 # its own section; its path reads for proxy.defaults and a service alike.
 SECTIONS = (
     ("proxy.listen", config.Listen),
+    ("proxy.listen.tls", config.ListenTLS),
+    ("proxy.listen.tls.certificates[]", config.Certificate),
     ("proxy.admin", config.Admin),
     ("proxy.limits", config.Limits),
     ("proxy.statsd", config.Statsd),
@@ -29,9 +31,9 @@ SECTIONS = (
     ("retry", config.Retry),
     ("outlier", config.Outlier),
     ("health_check", config.HealthCheck),
+    ("upstream_tls", config.UpstreamTLS),
 )
 BLOCKS = {block: heading for heading, block in SECTIONS}
-REQUIRED = {config.Service: config.SERVICE_REQUIRED, config.Host: config.HOST_REQUIRED}
 
 INTRO = """\
 # Configuration reference
@@ -55,7 +57,7 @@ proxy:
 Every other key is optional. `proxy.defaults` takes any service key except
 `name`, `domain` and `hosts`; a service's keys left out come from it, key by
 key (a service setting only `timeout.read` keeps the default `connect`). The
-`timeout`, `retry`, `outlier` and `health_check` blocks below are keys of
+`timeout`, `retry`, `outlier`, `health_check` and `upstream_tls` blocks below are keys of
 `proxy.defaults` and of each service.
 
 Validation names the exact place and the reason, and lbproxy does not start
@@ -69,8 +71,10 @@ bad.yaml: proxy.services[1].hosts[0].port: expected an integer 1-65535, got 'abc
 Unknown keys are refused with a suggestion (`proxy.services[0].hosts[0].wieght:
 unknown key (did you mean 'weight'?)`), as are missing keys, wrong types, empty
 host lists, duplicate domains, names or hosts, unknown strategies and
-non-positive timeouts. `python -m app check [FILE]` validates without starting
-anything (exit 0 or 1).
+non-positive timeouts, missing certificate files, a certificate that does not
+load with its key, and a CA file that does not parse. Relative certificate and
+CA paths are relative to the directory of proxy.yaml. `python -m app check [FILE]`
+validates without starting anything (exit 0 or 1).
 """
 
 
@@ -85,10 +89,9 @@ def render() -> str:
 def _section(heading: str, block: type) -> str:
     lines = [f"## `{heading}`", "", _doc(block), "", "| key | default | meaning |"]
     lines.append("| --- | --- | --- |")
-    required = REQUIRED.get(block, ())
     specs = [spec for spec in dataclasses.fields(block) if "doc" in spec.metadata]
-    for spec in sorted(specs, key=lambda spec: spec.name not in required):
-        default = "required" if spec.name in required else _default(spec.default)
+    for spec in sorted(specs, key=lambda spec: not spec.metadata["required"]):
+        default = "required" if spec.metadata["required"] else _default(spec.default)
         meaning = spec.metadata["doc"]
         nested = spec.metadata["check"]
         if nested in BLOCKS:

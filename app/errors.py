@@ -90,6 +90,14 @@ class UpstreamConnectError(ProxyError):
     message = "no upstream host accepted the connection"
 
 
+class UpstreamTLSError(UpstreamConnectError):
+    """The TLS handshake with the host failed (certificate, name, protocol):
+    nothing was sent, so it fails over like a refused connection."""
+
+    kind = "upstream_tls"
+    message = "no upstream host completed a verified TLS handshake"
+
+
 class UpstreamTimeout(ProxyError):
     status = "504 Gateway Timeout"
     kind = "timeout"

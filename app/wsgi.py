@@ -44,6 +44,7 @@ from app.upstream.forward import Forwarder
 from app.upstream.pool import Pools
 from app.upstream.response import UpstreamResponse
 from app.upstream.session import make_session
+from app.upstream.tls import warn_unverified
 
 log = logging.getLogger("gunicorn.error")
 
@@ -63,6 +64,7 @@ class Proxy:
         self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))
         self.metrics = Metrics(statsd_settings(config.statsd))
         self.end = RequestEnd(self.metrics)
+        warn_unverified(config.services)
 
     def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
         """In a gevent worker: the access log, active health checks and the metrics gauges."""
@@ -71,7 +73,8 @@ class Proxy:
         for service in self.config.services:
             if service.health_check is not None:
                 route = self.router.route(service.domain)
-                HealthChecker(route.health, probe_session, spawn).start()
+                probes = Pools.from_session(probe_session)
+                HealthChecker(route.health, probes, spawn, route.upstream_tls).start()
         if self.metrics.enabled:
             spawn(self._report_gauges)
 
@@ -145,7 +148,9 @@ class Proxy:
             record.upstream = host.name
             record.retries = len(tried) - 1
             try:
-                response = self.forwarder.send(host, request, timeout, exchange_deadline)
+                response = self.forwarder.send(
+                    host, request, timeout, exchange_deadline, route.upstream_tls
+                )
             except (UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout) as error:
                 lease.release()
                 route.health.record_failure(host)

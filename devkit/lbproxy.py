@@ -21,6 +21,7 @@ def start_mock(
     keepalive: int = 2,
     status: int = 200,
     label: str | None = None,
+    tls: tuple[Path, Path] | None = None,
     python: Path | str = sys.executable,
     log: Path | None = None,
     timeout: float = 15.0,
@@ -28,10 +29,13 @@ def start_mock(
     """``python -m mock`` answering as ``name``, once its port is open.
 
     label: the process's name in messages (default mock-NAME).
+    tls: (certificate, key): serve https.
     """
     port = port or free_port()
     args = [str(python), "-m", "mock", "--port", str(port), "--name", name]
     args += ["--keepalive", str(keepalive), "--status", str(status)]
+    if tls is not None:
+        args += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
     return Server(label or f"mock-{name}", args, port, cwd=REPO, log=log, timeout=timeout)
 
 

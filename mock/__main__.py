@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--status", type=int, default=200, help="status of every answer (a sick instance: 503)"
     )
+    parser.add_argument("--certfile", help="serve https with this PEM certificate chain")
+    parser.add_argument("--keyfile", help="... and this key")
     args = parser.parse_args(argv)
 
     name = args.name or f"mock-{args.port}"
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         "loglevel": "warning",
         "control_socket_disable": True,
     }
+    if args.certfile:
+        options.update(certfile=args.certfile, keyfile=args.keyfile)
     MockServer(EchoApp(name, args.port, args.status), options).run()
 
 

@@ -17,6 +17,12 @@ queued after 5 s, and wrk timeouts). Here each turn accepts up to
 ``ACCEPT_BATCH`` connections: new clients get in within a turn or two, and
 every worker still takes its share. 16 left 1000 connections opened at once
 waiting over 2 s for their turn (63 wrk timeouts); 64 has none.
+
+A listener with ``tls`` in proxy.yaml terminates TLS here (app/http/tls.py),
+for both HTTP servers; the admin listener always stays plain HTTP (gunicorn's
+own ``--certfile`` would put TLS on every bind). A connection whose ALPN chose
+``h2`` goes to gunicorn's HTTP/2 support (``AsyncWorker.handle_http2``), which
+serves each stream through the same WSGI app.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import functools
 from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 
+from app.config import Listen
 from app.http.framing import HeadLimits
 from app.http.server import SERVER_NAME, Server
+from app.http.tls import handshake, is_tls, server_context
 
 ACCEPT_BATCH = 64
 
@@ -40,14 +48,50 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
 
     def server_class(self, listener, *, application, spawn, log, handler_class, environ, **ssl):
         """gunicorn's hook: the gevent server for one listener (module docstring)."""
-        server = StreamServer(
-            listener, handle=self.handler_for(listener, environ), spawn=spawn, **ssl
-        )
+        listen = self.listen_of(listener)
+        tls = listen.tls if listen is not None else None
+        environ["wsgi.url_scheme"] = "https" if tls is not None else "http"
+        handle = self.handler_for(listener, environ)
+        if tls is not None:
+            handle = functools.partial(self.serve_tls, server_context(tls), listener, handle)
+        server = StreamServer(listener, handle=handle, spawn=spawn, **ssl)
         server.max_accept = ACCEPT_BATCH
         return server
 
     def handler_for(self, listener, environ: dict):
         return functools.partial(self.handle, listener)  # gunicorn's AsyncWorker.handle
+
+    def listen_of(self, listener) -> Listen | None:
+        """The proxy.yaml listener a bound socket is for; None for the admin listener."""
+        port = listener.getsockname()[1]
+        config = getattr(self.wsgi, "config", None)
+        listeners = config.listeners if config is not None else ()
+        return next((listen for listen in listeners if listen.port == port), None)
+
+    def serve_tls(self, context, listener, handle, client, addr) -> None:
+        """One TLS connection: the handshake within client_timeout, then HTTP/1.1 or h2."""
+        tls = handshake(context, client, self.cfg.keepalive)
+        if tls is None:
+            return
+        if tls.selected_alpn_protocol() != "h2":
+            handle(tls, addr)
+            return
+        try:
+            self.handle_http2(listener, tls, addr)
+        finally:
+            tls.close()
+
+    # gunicorn decides a request's scheme from its own --certfile setting; a TLS
+    # socket of ours is https all the same (X-Forwarded-Proto, wsgi.url_scheme).
+    def handle_request(self, listener_name, req, sock, addr):
+        if is_tls(sock):
+            req.scheme = "https"
+        return super().handle_request(listener_name, req, sock, addr)
+
+    def handle_http2_request(self, listener_name, req, sock, addr, h2_conn):
+        if is_tls(sock):
+            req.scheme = "https"
+        return super().handle_http2_request(listener_name, req, sock, addr, h2_conn)
 
 
 class GeventLbproxyServerWorker(GeventGunicornServerWorker):
@@ -65,7 +109,6 @@ class GeventLbproxyServerWorker(GeventGunicornServerWorker):
                 "SERVER_NAME": str(host),
                 "SERVER_PORT": str(port),
                 "SCRIPT_NAME": "",
-                "wsgi.url_scheme": "http",
             }
         )
         limits = HeadLimits(

@@ -151,13 +151,16 @@ class HealthChecker:
 
     Each worker runs its own checker, so a host receives ``workers / interval``
     probes per second; the first probe of each host is spread over one
-    interval so the workers do not probe in step.
+    interval so the workers do not probe in step. A probe is one GET on a new
+    connection, with the service's upstream TLS settings, read by the same
+    strict response reader as proxied traffic; any answer below 400 is healthy.
     """
 
-    def __init__(self, health: Health, session, spawn: Callable):
+    def __init__(self, health: Health, pools, spawn: Callable, tls=None):
         self.health = health
-        self.session = session
+        self.pools = pools  # app/upstream/pool.Pools, with the probe Session's settings
         self.spawn = spawn
+        self.tls = tls  # app/upstream/tls.UpstreamTLSTarget, or None for plain HTTP
         self.greenlets = []
 
     def start(self) -> None:
@@ -174,14 +177,23 @@ class HealthChecker:
             gevent.sleep(check.interval)
 
     def probe(self, host: Host) -> bool:
+        from app.http.framing import send_all
+        from app.upstream.forward import read_response_head
+
         check = self.health.service.health_check
-        url = f"http://{host.address}:{host.port}{check.path}"
-        headers = {"Host": self.health.service.domain, "User-Agent": "lbproxy-health-check"}
+        request = (
+            f"GET {check.path} HTTP/1.1\r\nHost: {self.health.service.domain}\r\n"
+            "User-Agent: lbproxy-health-check\r\nConnection: close\r\n\r\n"
+        )
+        pool = self.pools.get(host.address, host.port, self.tls)
         try:
-            response = self.session.get(
-                url, headers=headers, timeout=check.timeout, allow_redirects=False
-            )
-            response.close()
+            connection = pool.connect(check.timeout)
+            try:
+                connection.start_exchange(check.timeout, time.monotonic() + check.timeout)
+                send_all(connection.sock, request.encode("latin-1"))
+                status = read_response_head(connection, "GET").status
+            finally:
+                connection.close()
         except Exception:  # any failure to get an answer is a failed probe
             return False
-        return response.status_code < 400
+        return status < 400

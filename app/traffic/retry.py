@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Retry, Service
-from app.errors import UpstreamConnectError, UpstreamTimeout
+from app.errors import UpstreamConnectError, UpstreamTimeout, UpstreamTLSError
 
 # RFC 9110 §9.2.2: a repeat has the same effect as one request.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -38,7 +38,8 @@ class RetryPolicy:
         ``STATUS`` for an answer in ``on_status``) after ``tries`` tries goes to
         another host. The service's budget has the last word (``RetryBudget``).
 
-        - a refused connection: nothing was sent, so any method moves on;
+        - a refused connection or a failed TLS handshake: nothing was sent, so
+          any method moves on;
         - a timeout is final: the upstream may still be working on it;
         - anything else (a reset, broken framing, a status): the request may
           have been processed, so only an idempotent one whose body was not
@@ -48,7 +49,7 @@ class RetryPolicy:
             return False
         if failure == UpstreamTimeout.kind:
             return False
-        if failure == UpstreamConnectError.kind:
+        if failure in NOTHING_SENT:
             return True
         return method in IDEMPOTENT and replayable
 
@@ -56,7 +57,11 @@ class RetryPolicy:
         return status in self.on_status
 
 
-STATUS = "status"  # the failure of an answer whose status is in retry.on_status
+STATUS = "status"
+# Failures before any request byte left: safe to move on for any method.
+NOTHING_SENT = frozenset(
+    {UpstreamConnectError.kind, UpstreamTLSError.kind}
+)  # the failure of an answer whose status is in retry.on_status
 
 # Requests count toward the budget for this long (Linkerd's retry-budget TTL).
 WINDOW = 10.0

@@ -20,6 +20,7 @@ from app.errors import NoHealthyHost, Overloaded, UnknownDomain
 from app.traffic.balancer import make_balancer
 from app.traffic.health import Health
 from app.traffic.retry import RetryBudget, RetryPolicy
+from app.upstream.tls import target_of
 
 
 def worker_share(limit: int | None, workers: int) -> int | None:
@@ -39,6 +40,7 @@ class Route:
         if on_health_event is not None:
             self.health.on_event = lambda event, host: on_health_event(service.name, host, event)
         self.retry = RetryPolicy.of(service)
+        self.upstream_tls = target_of(service)  # None: plain HTTP to the hosts
         self.budget = RetryBudget(service.retry)
         self.max_in_flight = worker_share(service.max_in_flight, workers)
         self.max_in_flight_per_host = worker_share(service.max_in_flight_per_host, workers)

@@ -12,7 +12,6 @@ app/upstream/response.py to stream.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from dataclasses import dataclass
 
@@ -41,8 +40,9 @@ from app.http.framing import (
     send_all,
 )
 from app.http.request import ProxyRequest
-from app.upstream.pool import HostPool, Pools, UpstreamConnection, readable
+from app.upstream.pool import HostPool, Pools, UpstreamConnection, peer_closed
 from app.upstream.response import UpstreamResponse
+from app.upstream.tls import UpstreamTLSTarget
 
 # While waiting for an upstream, look this often whether the client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
@@ -81,7 +81,12 @@ class Forwarder:
         return self.pools.idle(host.address, host.port)
 
     def send(
-        self, host: Host, request: ProxyRequest, timeout: Timeout, deadline: float | None = None
+        self,
+        host: Host,
+        request: ProxyRequest,
+        timeout: Timeout,
+        deadline: float | None = None,
+        tls: UpstreamTLSTarget | None = None,
     ) -> UpstreamResponse:
         """Forward ``request`` to ``host``; return the response with its body unread.
 
@@ -90,8 +95,9 @@ class Forwarder:
         A pooled connection that the upstream closed while idle is retried once
         on a fresh connection, provided no body byte was taken from the client.
         ``deadline`` (monotonic) bounds the whole exchange, body included.
+        ``tls``: speak https to the host, with these settings (app/upstream/tls.py).
         """
-        pool = self.pools.get(host.address, host.port)
+        pool = self.pools.get(host.address, host.port, tls)
         attempt = Attempt(host)
         connection = self._checkout(pool, attempt, timeout)
         try:
@@ -265,9 +271,10 @@ class _StillWaiting(Exception):
 
 
 def _client_gone(client) -> bool:
+    # Never a recv: on a TLS socket, MSG_PEEK is refused and a read would take
+    # a pipelined request's bytes; the kernel's hang-up flag needs neither.
     try:
-        # Readable with no data is end-of-file; data is a pipelined request.
-        return readable(client) and client.recv(1, socket.MSG_PEEK) == b""
+        return peer_closed(client)
     except (OSError, ValueError):
         return True
 

@@ -20,20 +20,40 @@ enough to be closed, so the pool shrinks after a burst.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 
 from gevent.monkey import get_original
-from urllib3.connection import HTTPConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from app.errors import UpstreamConnectError
+from app.errors import UpstreamConnectError, UpstreamTLSError
 from app.http.framing import Stream
+from app.upstream.tls import UpstreamTLSTarget
 
 # The unpatched poll: a zero-timeout readiness check is one poll() syscall, with
 # no hub switch (gevent's patched select would add a greenlet round trip).
 _poll = get_original("select", "poll")
 _POLLIN = get_original("select", "POLLIN")
+# The peer shut its side down (FIN), or the connection failed: seen by the
+# kernel under any bytes still unread, and the same for a TLS socket.
+_HANGUP = (
+    get_original("select", "POLLRDHUP")
+    | get_original("select", "POLLHUP")
+    | get_original("select", "POLLERR")
+)
+
+
+def peer_closed(sock) -> bool:
+    """True when the peer closed (or reset) ``sock``, without reading or waiting.
+
+    Bytes waiting to be read (a pipelined request, a TLS record) do not count:
+    only the end of the peer's side does.
+    """
+    poller = _poll()
+    poller.register(sock, _HANGUP)
+    return bool(poller.poll(0))
 
 
 def readable(sock) -> bool:
@@ -46,11 +66,12 @@ def readable(sock) -> bool:
 class UpstreamConnection:
     """One connection to a host: urllib3's connection, and what was received on it."""
 
-    __slots__ = ("conn", "deadline", "idle_since", "read_timeout", "sock", "stream")
+    __slots__ = ("conn", "deadline", "idle_since", "read_timeout", "sock", "stream", "tls")
 
     def __init__(self, conn: HTTPConnection):
         self.conn = conn
         self.sock = conn.sock
+        self.tls = isinstance(conn, HTTPSConnection)
         self.stream = Stream(self.recv)
         self.idle_since = 0.0
         self.deadline: float | None = None  # the exchange's end (timeout.response)
@@ -71,18 +92,32 @@ class UpstreamConnection:
                 self.sock.settimeout(left)
         return self.sock.recv(size)
 
+    def buffered(self) -> bool:
+        """Bytes received and not consumed: ours, or TLS data inside the ssl layer."""
+        return bool(self.stream.pending) or (self.tls and self.sock.pending() > 0)
+
     def close(self) -> None:
         self.conn.close()
 
 
 class HostPool:
-    """The idle connections to one host (address, port) of one worker."""
+    """The idle connections to one host of one worker: (address, port), and for
+    https the TLS settings too (app/upstream/tls.py)."""
 
-    def __init__(self, address: str, port: int, maxsize: int, socket_options: list):
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        maxsize: int,
+        socket_options: list,
+        tls: UpstreamTLSTarget | None = None,
+    ):
         self.address = address
         self.port = port
         self.maxsize = maxsize
         self.socket_options = socket_options
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None  # made on the first connect
         self.idle: list[UpstreamConnection] = []  # oldest first
         self.clock: Callable[[], float] = time.monotonic
 
@@ -96,22 +131,43 @@ class HostPool:
         now = self.clock()
         while self.idle:
             connection = self.idle.pop()
-            if now - connection.idle_since > idle_timeout or readable(connection.sock):
+            stale = now - connection.idle_since > idle_timeout
+            if stale or readable(connection.sock) or connection.buffered():
                 connection.close()
                 continue
             return connection, True
         return self.connect(connect_timeout), False
 
     def connect(self, connect_timeout: float) -> UpstreamConnection:
-        conn = HTTPConnection(
-            self.address, self.port, timeout=connect_timeout, socket_options=self.socket_options
-        )
+        conn = self._new_connection(connect_timeout)
         try:
             conn.connect()
-        except (NewConnectionError, ConnectTimeoutError, OSError) as error:
+        except (ssl.SSLError, ssl.CertificateError) as error:
             conn.close()
+            raise UpstreamTLSError(f"{self.address}:{self.port}: {error}") from None
+        except (NewConnectionError, ConnectTimeoutError, OSError, ValueError) as error:
+            conn.close()
+            if _is_tls_failure(error):
+                raise UpstreamTLSError(f"{self.address}:{self.port}: {error}") from None
             raise UpstreamConnectError(f"{self.address}:{self.port}: {error}") from None
         return UpstreamConnection(conn)
+
+    def _new_connection(self, connect_timeout: float) -> HTTPConnection:
+        options = {"timeout": connect_timeout, "socket_options": self.socket_options}
+        if self.tls is None:
+            return HTTPConnection(self.address, self.port, **options)
+        if self._context is None:
+            self._context = self.tls.context()
+        return HTTPSConnection(
+            self.address,
+            self.port,
+            ssl_context=self._context,
+            cert_reqs=self.tls.cert_reqs,
+            server_hostname=self.tls.server_name,
+            # verify: the ssl module checks the name (check_hostname); else nothing.
+            assert_hostname=None if self.tls.verify else False,
+            **options,
+        )
 
     def checkin(self, connection: UpstreamConnection) -> None:
         """Keep a connection the caller proved clean (see the module docstring)."""
@@ -140,7 +196,7 @@ class Pools:
         self.socket_options = (
             HTTPConnection.default_socket_options if socket_options is None else socket_options
         )
-        self.pools: dict[tuple[str, int], HostPool] = {}
+        self.pools: dict[tuple, HostPool] = {}
 
     @classmethod
     def from_session(cls, session) -> Pools:
@@ -148,15 +204,21 @@ class Pools:
         settings = session.get_adapter("http://").poolmanager.connection_pool_kw
         return cls(settings.get("maxsize", 1), settings.get("socket_options"))
 
-    def get(self, address: str, port: int) -> HostPool:
-        pool = self.pools.get((address, port))
+    def get(self, address: str, port: int, tls: UpstreamTLSTarget | None = None) -> HostPool:
+        key = (address, port, tls)
+        pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[(address, port)] = HostPool(
-                address, port, self.maxsize, self.socket_options
-            )
+            pool = self.pools[key] = HostPool(address, port, self.maxsize, self.socket_options, tls)
         return pool
 
     def idle(self, address: str, port: int) -> int:
-        """Idle connections kept open to a host (for the pool gauge)."""
-        pool = self.pools.get((address, port))
-        return len(pool.idle) if pool else 0
+        """Idle connections kept open to a host, over all its TLS settings (pool gauge)."""
+        return sum(len(pool.idle) for key, pool in self.pools.items() if key[:2] == (address, port))
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    """urllib3 wraps some handshake failures (NewConnectionError from an SSLError)."""
+    cause = error.__cause__ or error.__context__
+    return isinstance(error, ssl.SSLError) or isinstance(
+        cause, (ssl.SSLError, ssl.CertificateError)
+    )

@@ -132,7 +132,7 @@ class UpstreamResponse:
             self._complete
             and self.reader.done
             and self.head.keep_alive
-            and not self.connection.stream.pending
+            and not self.connection.buffered()
         )
 
 

@@ -19,6 +19,8 @@ def test_every_key_of_every_block_is_documented_in_a_section():
     blocks = {block for _, block in config_reference.SECTIONS}
     for block in blocks:
         for spec in dataclasses.fields(block):
+            if "check" not in spec.metadata:
+                continue  # not a key: derived when loaded (Certificate.names)
             assert spec.metadata.get("doc"), f"{block.__name__}.{spec.name} has no doc"
             if dataclasses.is_dataclass(spec.metadata["check"]):
                 assert spec.metadata["check"] in blocks

@@ -59,7 +59,7 @@ proxy:
     proxy = Proxy(config)
 
     class SlowRefusal:
-        def send(self, host, request, timeout, deadline=None):
+        def send(self, host, request, timeout, deadline=None, tls=None):
             time.sleep(0.1)  # the whole total timeout goes by in this attempt
             raise UpstreamConnectError(host.name)
 
@@ -77,7 +77,7 @@ def test_every_path_ends_once_with_its_record_and_stale_retries_count_as_retries
     proxy.end.access_log = lambda record, environ: ended.append(record)
 
     class StaleThenRefused:
-        def send(self, host, request, timeout, deadline=None):
+        def send(self, host, request, timeout, deadline=None, tls=None):
             request.stale_retries += 1  # a pooled connection turned out closed
             raise UpstreamConnectError(host.name)
 

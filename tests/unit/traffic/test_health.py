@@ -6,6 +6,7 @@ import pytest
 
 from app.config import HealthCheck, Host, Outlier, Service
 from app.traffic.health import Health, HealthChecker
+from app.upstream.pool import Pools
 from app.upstream.session import make_session
 from tests.processes import free_port, start_mock
 
@@ -126,7 +127,7 @@ def probe(mock_port: int, path: str, timeout: float = 0.5, port: int | None = No
         hosts=(Host("127.0.0.1", mock_port),),
         health_check=HealthCheck(path=path, timeout=timeout),
     )
-    checker = HealthChecker(Health(service), make_session(1, 1), spawn=None)
+    checker = HealthChecker(Health(service), Pools.from_session(make_session(1, 1)), spawn=None)
     return checker.probe(Host("127.0.0.1", port or mock_port))
 
 
