@@ -513,14 +513,12 @@ class Policy:
 def hosts(value: Any, where: str) -> tuple[Host, ...]:
     items = _list(value, where)
     checked = tuple(block(Host, item, f"{where}[{i}]") for i, item in enumerate(items))
-    seen: dict[str, int] = {}
-    for index, host in enumerate(checked):
-        if host.name in seen:
-            raise ConfigError(
-                f"{where}[{index}]",
-                f"{host.name} is already listed as {where}[{seen[host.name]}] (use weight instead)",
-            )
-        seen[host.name] = index
+    if repeat := _repeated([host.name for host in checked]):
+        index, first = repeat
+        raise ConfigError(
+            f"{where}[{index}]",
+            f"{checked[index].name} is already listed as {where}[{first}] (use weight instead)",
+        )
     return checked
 
 
@@ -623,14 +621,11 @@ def _listeners(value: Any, where: str) -> tuple[Listen, ...]:
     listeners = tuple(
         block(Listen, item, f"{where}[{i}]") for i, item in enumerate(_list(value, where))
     )
-    seen: dict[int, int] = {}
-    for index, listen in enumerate(listeners):
-        if listen.port in seen:
-            raise ConfigError(
-                f"{where}[{index}].port",
-                f"{listen.port} is already used by {where}[{seen[listen.port]}]",
-            )
-        seen[listen.port] = index
+    if repeat := _repeated([listen.port for listen in listeners]):
+        index, first = repeat
+        raise ConfigError(
+            f"{where}[{index}].port", f"{listeners[index].port} is already used by {where}[{first}]"
+        )
     return listeners
 
 
@@ -698,12 +693,20 @@ def _list(value: Any, where: str) -> list:
 
 
 def _unique(services: tuple[Service, ...], attribute: str, where: str) -> None:
-    seen: dict[str, int] = {}
-    for index, service in enumerate(services):
-        value = getattr(service, attribute)
+    values = [getattr(service, attribute) for service in services]
+    if repeat := _repeated(values):
+        index, first = repeat
+        raise ConfigError(
+            f"{where}[{index}].{attribute}",
+            f"'{values[index]}' is already used by {where}[{first}]",
+        )
+
+
+def _repeated(values: list) -> tuple[int, int] | None:
+    """(index, index of its first place) of the first value seen twice, or None."""
+    seen: dict = {}
+    for index, value in enumerate(values):
         if value in seen:
-            raise ConfigError(
-                f"{where}[{index}].{attribute}",
-                f"'{value}' is already used by {where}[{seen[value]}]",
-            )
+            return index, seen[value]
         seen[value] = index
+    return None

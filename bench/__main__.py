@@ -47,7 +47,8 @@ def parse_args(argv: list[str]) -> harness.Options:
     parser.add_argument(
         "--sections",
         type=_csv(str),
-        help=f"comma-separated subset of: {', '.join(harness.SECTIONS)}",
+        help=f"comma-separated subset of: {', '.join(harness.SECTIONS)} (tls: HAProxy and "
+        "lbproxy-2w terminating TLS, HTTP/1.1, HTTP/2 and a handshake per request)",
     )
     parser.add_argument("--out", type=Path, help="output directory (bench/out)")
     parser.add_argument(
@@ -158,7 +159,7 @@ def parse_args(argv: list[str]) -> harness.Options:
         raise SystemExit(0)
     if args.plan:
         for peer, cases in harness.plan(options):
-            shown = ", ".join(f"{c.section}:{c.path}@{c.connections}" for c in cases)
+            shown = ", ".join(c.name for c in cases)
             print(f"{peer.name:<15} {shown}")
         print(f"about {harness.estimate_seconds(options):.0f} s")
         raise SystemExit(0)

@@ -2,8 +2,9 @@
 
 One session per peer: start it, wait until a request through it returns the
 1 KiB body, run its cases back to back, stop it by PID. Each case is a warm-up
-wrk run (discarded), then the measured wrk run, with the peer's CPU ticks read
-just before and just after it and its memory sampled every 0.5 s while it runs.
+run (discarded), then the measured run (wrk; h2load for the tls section's HTTP/2
+case), with the peer's CPU ticks read just before and just after it and its
+memory sampled every 0.5 s while it runs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import load, micro, peers, report
+from bench import load, micro, peers, report, tls
 from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
 from devkit.processes import (
     CLOCK_TICKS,
@@ -41,7 +44,7 @@ from devkit.processes import (
 
 REPO = peers.REPO
 INSTALL = REPO / "scripts" / "install" / "bench.sh"
-SECTIONS = ("main", "bodies", "concurrency", "domains", "micro")
+SECTIONS = ("main", "bodies", "concurrency", "domains", "micro", "tls")
 MAIN_CONNECTIONS = (1, 100, 400)
 SWEEP_CONNECTIONS = (1, 10, 100, 400, 1000)
 SWEEP_PEERS = ("haproxy", "lbproxy-2w")
@@ -61,6 +64,8 @@ ORDER = (
     "nginx",
     "proxypy",
     "mitmdump",
+    "haproxy-tls",
+    "lbproxy-2w-tls",
 )
 FULL_PEERS = ORDER
 SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
@@ -102,6 +107,18 @@ class Case:
     section: str
     connections: int
     path: str = "/1k"
+    tls: str | None = None  # the tls section's case: a key of tls.CASES
+
+    @property
+    def name(self) -> str:
+        section = f"{self.section}-{self.tls}" if self.tls else self.section
+        return f"{section}:{self.path}@{self.connections}"
+
+
+def tls_cases() -> list[Case]:
+    """The tls section's cases of one peer, in run order."""
+    cases = [Case("tls", c, tls=kind) for kind in ("h1", "h2") for c in tls.CONNECTIONS]
+    return [*cases, Case("tls", tls.HANDSHAKE_CONNECTIONS, tls="handshake")]
 
 
 def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
@@ -117,6 +134,10 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
         if name not in options.peers:
             continue
         peer = PEERS[name]
+        if peer.tls:  # the tls section's peers run its cases only
+            if "tls" in sections:
+                sessions.append((peer, tls_cases()))
+            continue
         main = (
             sorted(options.connections) if "main" in sections and name != "lbproxy-2w-10k" else []
         )
@@ -140,8 +161,11 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
 
 
 def estimate_seconds(options: Options) -> float:
-    cases = sum(len(cases) for _, cases in plan(options))
-    return cases * (options.duration + options.warmup + 0.6) + len(plan(options)) * 2.5 + 5
+    sessions = plan(options)
+    cases = sum(len(cases) for _, cases in sessions)
+    # A TLS session also makes the certificate (once) and probes the peer: about 1 s.
+    extra = sum(1.0 for peer, _ in sessions if peer.tls)
+    return cases * (options.duration + options.warmup + 0.6) + len(sessions) * 2.5 + extra + 5
 
 
 # --- machine ---------------------------------------------------------------
@@ -174,7 +198,7 @@ def _os_name() -> str:
     return platform.system()
 
 
-def versions(python_peers: bool) -> dict:
+def versions(python_peers: bool, tls_peers: bool = False) -> dict:
     def first_line(args: list[str]) -> str:
         try:
             done = subprocess.run(args, capture_output=True, text=True, timeout=20)
@@ -195,6 +219,15 @@ def versions(python_peers: bool) -> dict:
         "haproxy": word(first_line(["/usr/sbin/haproxy", "-v"]), 2),  # HAProxy version 2.6...
         "nginx": first_line(["/usr/sbin/nginx", "-v"]).rsplit("/", 1)[-1],  # nginx/1.22.1
     }
+    if tls_peers:
+        found["h2load"] = word(first_line(["h2load", "--version"]), 1)  # h2load nghttp2/1.52.0
+        build = subprocess.run(
+            ["/usr/sbin/haproxy", "-vv"], capture_output=True, text=True, timeout=20
+        ).stdout
+        for line in build.splitlines():  # Running on OpenSSL version : OpenSSL 3.0.17 ...
+            if line.startswith("Running on OpenSSL version"):
+                found["haproxy OpenSSL"] = line.split(":", 1)[1].split()[1]
+        found["python OpenSSL"] = ssl.OPENSSL_VERSION.split()[1]
     for package in ("gunicorn", "gevent", "requests", "urllib3"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
@@ -260,13 +293,14 @@ def install(python_peers: bool) -> None:
     subprocess.run(args, check=True, timeout=900)
 
 
-def check_tools(python_peers: bool) -> None:
+def check_tools(python_peers: bool, tls_peers: bool = False) -> None:
     needed = [Path("/usr/sbin/haproxy"), Path("/usr/sbin/nginx"), peers.LBPROXY_GUNICORN]
     if python_peers:
         needed += [peers.PEERS_VENV / "bin" / "proxy", peers.PEERS_VENV / "bin" / "mitmdump"]
     missing = [str(path) for path in needed if not path.exists()]
-    if not shutil.which("wrk"):
-        missing.append("wrk")
+    for tool in ["wrk"] + (["h2load", "openssl"] if tls_peers else []):
+        if not shutil.which(tool):
+            missing.append(tool)
     if missing:
         raise SystemExit(
             f"bench: missing {', '.join(missing)}: run scripts/install/bench.sh "
@@ -277,8 +311,16 @@ def check_tools(python_peers: bool) -> None:
 # --- the run ---------------------------------------------------------------
 
 
-def fetch(port: int, path: str = "/1k", timeout: float = 2.0) -> tuple[int, int]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def fetch(
+    port: int, path: str = "/1k", timeout: float = 2.0, context: ssl.SSLContext | None = None
+) -> tuple[int, int]:
+    """GET path with the bench Host; over TLS with context (verifying the bench certificate)."""
+    if context is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    else:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=timeout, context=context
+        )
     try:
         connection.request("GET", path, headers={"Host": BENCH_DOMAIN})
         response = connection.getresponse()
@@ -287,14 +329,20 @@ def fetch(port: int, path: str = "/1k", timeout: float = 2.0) -> tuple[int, int]
         connection.close()
 
 
-def wait_ready(process: Spawned, port: int, processes: int = 1, timeout: float = 60.0):
+def wait_ready(
+    process: Spawned,
+    port: int,
+    processes: int = 1,
+    timeout: float = 60.0,
+    context: ssl.SSLContext | None = None,
+):
     """Until a request through the peer returns the 1 KiB body and its processes are up."""
     last = ""
 
     def ready() -> bool:
         nonlocal last
         try:
-            status, size = fetch(port)
+            status, size = fetch(port, context=context)
         except (OSError, http.client.HTTPException) as error:
             last = str(error)
             return False
@@ -319,6 +367,12 @@ class Runner:
         self.rows: list[dict] = []
         self.sessions: list[dict] = []
         self.deadline = time.monotonic() + options.budget
+        self.tls_files: tls.Files | None = None  # made by the first TLS session
+
+    def certificate(self) -> tls.Files:
+        if self.tls_files is None:
+            self.tls_files = tls.make_files(self.tmp / "certs", BENCH_DOMAIN)
+        return self.tls_files
 
     def log(self, message: str) -> None:
         print(f"bench: {message}", flush=True)
@@ -359,6 +413,8 @@ class Runner:
                     "on_env": self.options.on_env,
                     "off_env": self.options.off_env,
                 }
+                if peer.tls:
+                    extra["tls"] = self.certificate()
                 launch = peers.launch(peer, home, port, self.upstream_port, extra)
                 session["command"] = launch.command()
                 session["notes"] = launch.notes
@@ -379,8 +435,14 @@ class Runner:
                     expected = 1 + (peer.workers or os.cpu_count() or 1)
                 elif peer.kind == "nginx":
                     expected = 3
-                wait_ready(process, port, expected)
+                context = tls.client_context(extra["tls"].ca) if peer.tls else None
+                wait_ready(process, port, expected, context=context)
                 session["start_s"] = round(time.monotonic() - started, 2)
+                if peer.tls:
+                    try:
+                        session["tls"] = tls.probe(port, extra["tls"].ca, BENCH_DOMAIN)
+                    except OSError as error:  # ssl.SSLError too: note it, measure anyway
+                        session["tls"] = {"error": f"{type(error).__name__}: {error}"}
             session["processes"] = len(process.tree())
             self.log(f"{peer.label}: {session['command']}")
             for case in cases:
@@ -388,14 +450,15 @@ class Runner:
                     row = self.measure_quietly(peer, process, port, case, sink)
                 except (ValueError, OSError, subprocess.SubprocessError) as error:
                     # wrk failed (no report line): note it, go on with the next case.
-                    text = f"{case.section} {case.path} c={case.connections}: {error}"
+                    text = f"{case.name}: {error}"
                     session.setdefault("case_errors", []).append(text)
                     self.log(f"  FAILED {text}")
                     continue
                 self.rows.append(row)
                 cpu = row["cpu_us_per_req"] or 0.0
+                section = f"{case.section}-{case.tls}" if case.tls else case.section
                 self.log(
-                    f"  {case.section:<11} {case.path:>5} c={case.connections:<4} "
+                    f"  {section:<13} {case.path:>5} c={case.connections:<4} "
                     f"{row['rps']:>9.0f} req/s  p50 {row['latency_us']['p50'] / 1000:.2f} ms  "
                     f"p99 {row['latency_us']['p99'] / 1000:.2f} ms  cpu {cpu:.0f} us/req  "
                     f"rss {row['rss_kib'] / 1024:.0f} MiB  err {row['errors_total']}"
@@ -438,7 +501,7 @@ class Runner:
         options = self.options
         assert self.upstream is not None
         if options.warmup > 0:
-            self.wrk(load.Load(port, case.path, case.connections, options.warmup))
+            self.drive(self.load_spec(case, port, options.warmup))
         is_direct = process is self.upstream
         pids = process.tree()
         up_pids = self.upstream.tree()
@@ -449,8 +512,8 @@ class Runner:
         busy0 = system_busy_ticks()
         mine0 = cpu_seconds_self_and_children()
         started = time.monotonic()
-        spec = load.Load(port, case.path, case.connections, options.duration)
-        wrk = load.start(spec, self.tmp / "wrk.log")
+        spec = self.load_spec(case, port, options.duration)
+        wrk = load.start(spec, self.tmp / f"{spec.tool}.log")
         rss = pss = peak = 0
         count = len(pids)
         try:
@@ -475,18 +538,21 @@ class Runner:
         busy = (system_busy_ticks() - busy0) / CLOCK_TICKS
         mine = cpu_seconds_self_and_children() - mine0
         foreign = busy - mine - (0 if is_direct else cpu) - up_cpu - sink_cpu
-        result = load.parse(output)
+        result = spec.parse(output)
         if not rss:  # a very short run: sample once now
             rss, pss = memory_kib(process.tree())
             peak = rss
         requests = result["requests"]
         errors = result["errors"]
-        return {
+        row = {
             "section": case.section,
             "peer": peer.name,
             "label": peer.label,
             "connections": case.connections,
             "path": case.path,
+            "tls_case": case.tls,
+            "tool": spec.tool,
+            "load_command": shlex.join(spec.args()),
             "body_bytes": BODIES[case.path],
             "duration_s": options.duration,
             **result,
@@ -504,16 +570,33 @@ class Runner:
                 max(0.0, 100 * foreign / (elapsed * (os.cpu_count() or 1))), 1
             ),
         }
+        if case.tls == "handshake":  # every request on a new connection: one handshake each
+            row["handshakes_per_s"] = row["rps"]
+        return row
 
-    def wrk(self, spec: load.Load) -> dict:
-        process = load.start(spec, self.tmp / "wrk.log")
+    def load_spec(self, case: Case, port: int, seconds: int) -> load.Load | load.H2Load:
+        return load_spec(case, port, seconds, self.tmp / "h2load.tsv")
+
+    def drive(self, spec: load.Load | load.H2Load) -> dict:
+        """Run the load tool once (a warm-up) and parse its result."""
+        process = load.start(spec, self.tmp / f"{spec.tool}.log")
         try:
             output, _ = process.communicate(timeout=spec.seconds + 20)
         finally:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
-        return load.parse(output)
+        return spec.parse(output)
+
+
+def load_spec(case: Case, port: int, seconds: int, h2_log: Path) -> load.Load | load.H2Load:
+    """wrk for a case (https for the tls section), or h2load for its HTTP/2 case."""
+    if case.tls == "h2":
+        return load.H2Load(port, case.path, case.connections, seconds, h2_log)
+    if case.tls:
+        close = case.tls == "handshake"
+        return load.Load(port, case.path, case.connections, seconds, scheme="https", close=close)
+    return load.Load(port, case.path, case.connections, seconds)
 
 
 def features_seen(home: Path, peer: Peer) -> dict:
@@ -538,9 +621,10 @@ def features_seen(home: Path, peer: Peer) -> dict:
 def run(options: Options) -> dict:
     sessions = plan(options)
     python_peers = any(peer.python for peer, _ in sessions)
+    tls_peers = any(peer.tls for peer, _ in sessions)
     if options.install:
         install(python_peers)
-    check_tools(python_peers)
+    check_tools(python_peers, tls_peers)
     most = max((c.connections for _, cases in sessions for c in cases), default=1)
     nofile = raise_nofile(2 * most + 256)
     data: dict = {
@@ -555,13 +639,24 @@ def run(options: Options) -> dict:
             "connections": list(options.connections),
             "sections": list(options.sections),
             "wrk": "-t2 (-t1 at 1 connection), --timeout 2s, keep-alive, Host: " + BENCH_DOMAIN,
+            **(
+                {
+                    "tls_load": "wrk https:// (keep-alive; Connection: close for the handshake "
+                    "case), h2load -m1 -D (-t2, -t1 at 1 connection) with :authority: "
+                    + BENCH_DOMAIN
+                    + "; ECDSA P-256 certificate, ALPN "
+                    + ",".join(tls.ALPN)
+                }
+                if tls_peers
+                else {}
+            ),
             "wait_quiet_s": options.wait_quiet,
             "busy_retries": options.busy_retries,
             "retry_wait_s": options.retry_wait,
             "budget_s": options.budget,
         },
         "machine": machine() | {"nofile_limit": nofile},
-        "versions": versions(python_peers),
+        "versions": versions(python_peers, tls_peers),
     }
     data["load_before"] = wait_for_quiet(options.wait_quiet)
     if "micro" in options.sections:

@@ -11,6 +11,9 @@ files and temp files in the run's temp dir, and never touch /etc/nginx,
   proxypy    proxy.py --threaded, 2 acceptors, reverse proxy (bench/plugins/bench_proxypy.py)
   mitmdump   mitmdump --mode reverse:http://upstream -q
   lbproxy*   gunicorn -c gunicorn.conf.py from the repo root (PROXY_CONFIG, PROXY_WORKERS)
+  *-tls      the tls section's peers: HAProxy and lbproxy-2w with one TLS listener
+             (ECDSA P-256 certificate, ALPN h2 and http/1.1; bench/tls.py), plain
+             HTTP to the same upstream
 
 No peer writes an access log except lbproxy in its "features on" variants,
 which also sends StatsD metrics (to bench/sink.py) when the build supports it.
@@ -26,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from bench import tls
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS_VENV = REPO / "bench" / ".venv-peers"
@@ -48,6 +53,7 @@ class Peer:
     features: bool = False  # lbproxy: metrics + access log on
     domains: int = 3  # lbproxy: services in proxy.yaml
     python: bool = False  # needs bench/.venv-peers
+    tls: bool = False  # terminates TLS (the tls section): the listener is https
 
 
 PEERS = {
@@ -64,6 +70,8 @@ PEERS = {
         Peer("lbproxy-1w-off", "lbproxy 1 worker, off", "lbproxy", 1, False),
         Peer("lbproxy-2w-off", "lbproxy 2 workers, off", "lbproxy", 2, False),
         Peer("lbproxy-2w-10k", "lbproxy 2 workers, on, 10,000 domains", "lbproxy", 2, True, 10_000),
+        Peer("haproxy-tls", "HAProxy (nbthread 2), TLS", "haproxy", tls=True),
+        Peer("lbproxy-2w-tls", "lbproxy 2 workers, on, TLS", "lbproxy", 2, True, tls=True),
     )
 }
 
@@ -140,16 +148,13 @@ def upstream(home: Path, port: int) -> Launch:
     return Launch(nginx_args(home, conf), dict(os.environ), signal.SIGTERM, notes=notes)
 
 
-def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -> Launch:
-    """The start command of a proxy peer listening on port, forwarding to upstream_port."""
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o755)
-    env = dict(os.environ)
-    target = f"http://127.0.0.1:{upstream_port}"
-    if peer.kind == "haproxy":
-        conf = home / "haproxy.cfg"
-        conf.write_text(
-            f"""global
+def haproxy_config(port: int, upstream_port: int, pem: Path | None = None) -> str:
+    """HAProxy's config; with pem (certificate and key in one file), TLS on the bind
+    with ALPN h2 and http/1.1, as `bind ... ssl crt ... alpn` is written by users."""
+    bind = f"127.0.0.1:{port}"
+    if pem is not None:
+        bind += f" ssl crt {pem} alpn {','.join(tls.ALPN)}"
+    return f"""global
     nbthread 2
     maxconn 4096
 defaults
@@ -160,12 +165,27 @@ defaults
     timeout server 30s
     timeout http-keep-alive 15s
 frontend bench
-    bind 127.0.0.1:{port}
+    bind {bind}
     default_backend upstream
 backend upstream
     server nginx 127.0.0.1:{upstream_port}
 """
-        )
+
+
+def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -> Launch:
+    """The start command of a proxy peer listening on port, forwarding to upstream_port.
+
+    extra: admin_port, statsd_port, on_env, off_env (lbproxy); tls (a tls.Files,
+    for a peer with tls).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o755)
+    env = dict(os.environ)
+    target = f"http://127.0.0.1:{upstream_port}"
+    files = extra["tls"] if peer.tls else None
+    if peer.kind == "haproxy":
+        conf = home / "haproxy.cfg"
+        conf.write_text(haproxy_config(port, upstream_port, files.pem if files else None))
         args = ["/usr/sbin/haproxy", "-db", "-f", str(conf)]
         return Launch(args, env, signal.SIGTERM, notes={"config": conf.read_text()})
     if peer.kind == "nginx":
@@ -224,16 +244,23 @@ backend upstream
     raise ValueError(f"unknown peer kind {peer.kind}")
 
 
-def lbproxy_config(port: int, admin_port: int, upstream_port: int, domains: int) -> dict:
+def lbproxy_config(
+    port: int, admin_port: int, upstream_port: int, domains: int, files: tls.Files | None = None
+) -> dict:
+    """proxy.yaml; with files, the one listener is TLS (certificate, ALPN h2 and http/1.1)."""
     host = {"address": "127.0.0.1", "port": upstream_port}
     services = [{"name": "bench", "domain": BENCH_DOMAIN, "hosts": [host]}]
     services += [
         {"name": f"svc{i:05d}", "domain": f"svc{i:05d}.{BENCH_DOMAIN}", "hosts": [host]}
         for i in range(1, domains)
     ]
+    listen: dict | list = {"address": "127.0.0.1", "port": port}
+    if files is not None:
+        certificate = {"cert": str(files.cert), "key": str(files.key)}
+        listen = [{**listen, "tls": {"certificates": [certificate], "alpn": list(tls.ALPN)}}]
     return {
         "proxy": {
-            "listen": {"address": "127.0.0.1", "port": port},
+            "listen": listen,
             "admin": {"address": "127.0.0.1", "port": admin_port},
             "services": services,
         }
@@ -242,7 +269,8 @@ def lbproxy_config(port: int, admin_port: int, upstream_port: int, domains: int)
 
 def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, extra: dict):
     config = home / "proxy.yaml"
-    document = lbproxy_config(port, extra["admin_port"], upstream_port, peer.domains)
+    files = extra["tls"] if peer.tls else None
+    document = lbproxy_config(port, extra["admin_port"], upstream_port, peer.domains, files)
     config.write_text(yaml.safe_dump(document, sort_keys=False))
     for key in FEATURE_ENV:
         env.pop(key, None)

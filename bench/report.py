@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench import tls
+
 MIB = 1024  # the memory figures are in KiB
 
 # Issue 9's targets for lbproxy with every feature on, 2 workers.
@@ -27,18 +29,33 @@ def _find(rows, peer, connections, path="/1k"):
     return matches[0] if matches else None
 
 
+def _tls_find(rows, peer, tls_case, connections):
+    """The tls section's row of peer for one case at connections."""
+    for row in rows:
+        if (row["peer"], row.get("tls_case"), row["connections"]) == (peer, tls_case, connections):
+            return row
+    return None
+
+
+def _baseline(rows, row):
+    """The HAProxy row row compares with: the same case over TLS for the tls section."""
+    if row.get("tls_case"):
+        return _tls_find(rows, tls.BASELINE, row["tls_case"], row["connections"])
+    return _find(rows, "haproxy", row["connections"], row["path"])
+
+
 def derive(data: dict) -> None:
     rows = data.get("results", [])
     for row in rows:
-        haproxy = _find(rows, "haproxy", row["connections"], row["path"])
+        haproxy = _baseline(rows, row)
         row["ratio_haproxy"] = row["rps"] / haproxy["rps"] if haproxy and haproxy["rps"] else None
     direct = _find(rows, "direct", 1)
     summary = {}
     for session in data.get("sessions", []):
         name = session["peer"]
         mine = [row for row in rows if row["peer"] == name]
-        if not mine:
-            continue
+        if not mine or all(row.get("tls_case") for row in mine):
+            continue  # the tls section's peers: tls_summary
         one, hundred, four = _find(rows, name, 1), _find(rows, name, 100), _find(rows, name, 400)
         entry = {
             "p50_1_ms": one["latency_us"]["p50"] / 1000 if one else None,
@@ -57,6 +74,37 @@ def derive(data: dict) -> None:
         summary[name] = entry
     data["summary"] = summary
     data["targets"] = targets(data)
+    data["tls_summary"] = tls_summary(rows)
+
+
+def tls_summary(rows: list[dict]) -> dict:
+    """Per TLS peer: what HTTP/2 costs over HTTP/1.1 (CPU µs per request, req/s), and
+    the handshake case's figures."""
+    out = {}
+    for name in tls.PEERS:
+        entry: dict = {}
+        for conns in tls.CONNECTIONS:
+            h1 = _tls_find(rows, name, "h1", conns)
+            h2 = _tls_find(rows, name, "h2", conns)
+            if not (h1 and h2):
+                continue
+            cpu1, cpu2 = h1["cpu_us_per_req"], h2["cpu_us_per_req"]
+            entry[f"h2_vs_h1_{conns}"] = {
+                "h1_cpu_us": cpu1,
+                "h2_cpu_us": cpu2,
+                "h2_extra_cpu_us": cpu2 - cpu1 if cpu1 is not None and cpu2 is not None else None,
+                "h2_rps_ratio": h2["rps"] / h1["rps"] if h1["rps"] else None,
+            }
+        handshake = _tls_find(rows, name, "handshake", tls.HANDSHAKE_CONNECTIONS)
+        if handshake:
+            entry["handshake"] = {
+                "handshakes_per_s": handshake["rps"],
+                "cpu_us_per_handshake": handshake["cpu_us_per_req"],
+                "ratio_haproxy": handshake.get("ratio_haproxy"),
+            }
+        if entry:
+            out[name] = entry
+    return out
 
 
 def targets(data: dict) -> list[dict]:
@@ -281,6 +329,75 @@ def concurrency_table(data: dict) -> list[str]:
     return _table(header, lines)
 
 
+def tls_table(data: dict) -> list[str]:
+    rows = [r for r in data["results"] if r.get("tls_case")]
+    order = _peer_order(data)
+    cases = list(tls.CASES)
+    rows.sort(key=lambda r: (cases.index(r["tls_case"]), r["connections"], order.index(r["peer"])))
+    lines = []
+    for r in rows:
+        case = tls.CASES[r["tls_case"]]
+        if r["tls_case"] == "h2" and r.get("alpn") != "h2":
+            case += f" (**negotiated {r.get('alpn')}**)"
+        lines.append(
+            [
+                case,
+                _label(data, r["peer"]),
+                str(r["connections"]),
+                _num(r["rps"]),
+                _num(r.get("handshakes_per_s")),
+                _pct(r["ratio_haproxy"]),
+                _ms(r["latency_us"]["p50"]),
+                _ms(r["latency_us"]["p99"]),
+                _errors(r),
+                f"{r['errors']['timeout']:,}",
+                _cpu(r),
+                _num(r["rss_kib"] / MIB, 1),
+                _num(r["pss_kib"] / MIB, 1),
+                _num(r["foreign_cpu_pct"]),
+            ]
+        )
+    header = [
+        "case", "configuration", "conns", "req/s", "handshakes/s", "vs HAProxy", "p50 ms",
+        "p99 ms", "errors", "timeouts", "CPU µs/req", "RSS MiB", "PSS MiB", "other CPU %",
+    ]  # fmt: skip
+    return _table(header, lines)
+
+
+def tls_notes(data: dict) -> list[str]:
+    """HTTP/2's cost over HTTP/1.1, and what each peer negotiated and resumed."""
+    out = []
+    for name, entry in data.get("tls_summary", {}).items():
+        for conns in tls.CONNECTIONS:
+            pair = entry.get(f"h2_vs_h1_{conns}")
+            if pair and pair["h2_extra_cpu_us"] is not None:
+                out.append(
+                    f"- {_label(data, name)}, {conns} connection{'s' if conns > 1 else ''}: "
+                    f"HTTP/2 {pair['h2_cpu_us']:,.0f} µs CPU per request against "
+                    f"{pair['h1_cpu_us']:,.0f} for HTTP/1.1 ({pair['h2_extra_cpu_us']:+,.0f} µs), "
+                    f"{_pct(pair['h2_rps_ratio'])} of HTTP/1.1's requests/s"
+                )
+    for session in data.get("sessions", []):
+        seen = session.get("tls")
+        if seen and seen.get("error"):
+            out.append(f"- {session['label']}: the TLS probe failed: `{seen['error']}`")
+        elif seen:
+            out.append(
+                f"- {session['label']}: {seen['version']}, {seen['cipher']}, ALPN "
+                f"{seen['alpn']} when offered {', '.join(tls.ALPN)}; resumed "
+                f"{seen['resumed']} of {seen['resume_attempts']} sessions it issued (Python's "
+                "ssl client offering the previous connection's session, as wrk does)"
+            )
+    if out:
+        out.append(
+            "- In the keep-alive cases the connections' handshakes (1 or 100) are part of the "
+            "measured run and of its CPU; in the handshake case every request is a new TCP "
+            "connection and TLS handshake (full, or resumed when the peer accepts the session "
+            "wrk offers: see above), so handshakes/s is its req/s."
+        )
+    return out
+
+
 def variants(data: dict) -> list[str]:
     out = []
     for session in data.get("sessions", []):
@@ -351,6 +468,7 @@ def headline(data: dict) -> list[str]:
         f"- date: {data['started']} (UTC), {data['elapsed_s']} s, mode {data['mode']}: "
         f"{o['warmup_s']} s warm-up + {o['duration_s']} s measured per configuration",
         f"- load: wrk {o['wrk']}",
+        *([f"- TLS load: {o['tls_load']}"] if o.get("tls_load") else []),
         f"- tools: {tools}",
         f"- other load: loadavg {m['loadavg_before'][0]:.2f} before, "
         f"{m.get('loadavg_after', [0])[0]:.2f} after; CPU used by other processes during "
@@ -383,8 +501,9 @@ def markdown(data: dict, brief: bool = False) -> str:
             out += [f"**{session['label']} failed:** `{session['error'].splitlines()[0]}`", ""]
         for text in session.get("case_errors", []):
             out += [f"**{session['label']} case failed:** `{text.splitlines()[0]}`", ""]
-    out += ["## Requests/s, latency, CPU and memory (1 KiB body)", "", *main_table(data), ""]
-    if not brief:
+    if any(r["section"] == "main" for r in data["results"]) or not data["results"]:
+        out += ["## Requests/s, latency, CPU and memory (1 KiB body)", "", *main_table(data), ""]
+    if not brief and any(e["p50_1_ms"] is not None for e in data["summary"].values()):
         out += ["## Added latency (p50 at 1 connection, minus direct)", ""]
         out += [*latency_table(data), ""]
         if any(r["section"] == "bodies" for r in data["results"]):
@@ -393,6 +512,10 @@ def markdown(data: dict, brief: bool = False) -> str:
             out += ["## Routing table size (100 connections)", "", *domains_table(data), ""]
         if any(r["section"] == "concurrency" for r in data["results"]):
             out += ["## Concurrency (1 KiB body)", "", *concurrency_table(data), ""]
+    if any(r.get("tls_case") for r in data["results"]):
+        out += ["## TLS termination (1 KiB body)", "", *tls_table(data), ""]
+        if not brief:
+            out += [*tls_notes(data), ""]
         out += ["## lbproxy variants", "", *variants(data), ""]
         if data.get("micro"):
             out += ["## Steps of the hot path, in process (µs per call)", ""]

@@ -2,7 +2,8 @@
 # Install what the benchmark (bench/, docs/bench.md) needs. Idempotent: when
 # everything is there it only checks, and `apt-get update` runs only when a
 # package is missing.
-#   apt:  wrk (load generator), haproxy and nginx (peers; nginx is also the upstream)
+#   apt:  wrk (load generator), haproxy and nginx (peers; nginx is also the upstream),
+#         nghttp2-client (h2load: the HTTP/2 load of the tls section)
 #   pip:  proxy.py and mitmproxy, pinned in bench/requirements-peers.txt, into a
 #         venv of their own (bench/.venv-peers, gitignored): they pull in ~40
 #         packages (Flask, cryptography, tornado...) that lbproxy's .venv must not carry.
@@ -18,6 +19,7 @@ missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install/bench: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -35,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in wrk /usr/sbin/haproxy /usr/sbin/nginx; do
+for tool in wrk /usr/sbin/haproxy /usr/sbin/nginx h2load; do
     command -v "$tool" >/dev/null || { echo "install/bench: no $tool after install" >&2; exit 1; }
 done
 

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from app.config import parse_config
-from bench import harness, load, peers, report
+from bench import harness, load, peers, report, tls
+from bench.__main__ import parse_args
 from devkit import processes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ ROW_FIELDS = {
     "section", "peer", "label", "connections", "path", "body_bytes", "requests", "rps",
     "mb_per_s", "latency_us", "errors", "errors_total", "cpu_us_per_req",
     "upstream_cpu_us_per_req", "rss_kib", "pss_kib", "rss_kib_peak", "processes",
-    "foreign_cpu_pct", "ratio_haproxy",
+    "foreign_cpu_pct", "ratio_haproxy", "tls_case", "tool", "load_command",
 }  # fmt: skip
 
 
@@ -131,8 +132,11 @@ def test_full_plan_covers_every_peer_and_scaling_case():
     assert options.full
     sessions = {peer.name: cases for peer, cases in harness.plan(options)}
     assert set(sessions) == set(peers.PEERS)
-    for name in set(peers.PEERS) - {"lbproxy-2w-10k"}:
+    for name in set(peers.PEERS) - {"lbproxy-2w-10k", *tls.PEERS}:
         assert {c.connections for c in sessions[name] if c.section == "main"} == {1, 100, 400}
+        assert not any(c.tls for c in sessions[name])
+    for name in tls.PEERS:
+        assert {c.section for c in sessions[name]} == {"tls"}
     sweep = {c.connections for c in sessions["lbproxy-2w"] if c.path == "/1k"}
     assert sweep == {1, 10, 100, 400, 1000}
     bodies = [c.path for c in sessions["lbproxy-2w"] if c.section == "bodies"]
@@ -222,3 +226,160 @@ def test_report_marks_targets_met_and_not_met():
     assert status[texts["rss"]] is True
     assert status[texts["errors_400"]] is False
     assert data["summary"]["lbproxy-2w"]["added_p50_ms"] == pytest.approx(0.25)
+
+
+# --- the tls section ------------------------------------------------------------
+
+H2LOAD_OUTPUT = """starting benchmark...
+spawning thread #0: 1 total client(s). Timing-based test with 0s of warm-up time and 2s of main duration for measurements.
+TLS Protocol: TLSv1.3
+Cipher: TLS_AES_256_GCM_SHA384
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+
+finished in 2.00s, 1410.00 req/s, 1.46MB/s
+requests: 2820 total, 2821 started, 2820 done, 2817 succeeded, 3 failed, 1 errored, 0 timeout
+status codes: 2817 2xx, 0 3xx, 0 4xx, 2 5xx
+traffic: 2.92MB (3062298) total, 96.08KB (98385) headers (space savings 85.03%), 2.75MB (2887680) data
+                     min         max         mean         sd        +/- sd
+time for request:      539us     19.50ms       695us       380us    99.57%
+"""  # noqa: E501
+
+
+def test_h2load_report_is_parsed(tmp_path):
+    log = tmp_path / "h2load.tsv"
+    log.write_text("".join(f"17966000000{i:05d}\t200\t{100 + i}\n" for i in range(1000)))
+    result = load.H2Load(8443, "/1k", 1, 2, log).parse(H2LOAD_OUTPUT)
+    assert not log.exists()  # read once, then removed (h2load appends)
+    assert result["requests"] == 2820 and result["rps"] == 1410
+    assert result["duration_us"] == 2_000_000 and result["bytes"] == 3062298
+    assert result["errors"] == {"connect": 0, "read": 1, "write": 0, "status": 2, "timeout": 0}
+    latency = result["latency_us"]
+    assert (latency["min"], latency["p50"], latency["p99"], latency["max"]) == (
+        100,
+        599,
+        1089,
+        1099,
+    )
+    assert (result["alpn"], result["tls_version"]) == ("h2", "TLSv1.3")
+    assert result["h2load"]["logged"] == 1000
+    with pytest.raises(ValueError):
+        load.H2Load(8443, "/1k", 1, 2, log).parse("h2load: could not connect\n")
+
+
+def test_tls_section_plan_and_loads(tmp_path):
+    sessions = harness.plan(harness.Options(sections=("tls",)))
+    assert [peer.name for peer, _ in sessions] == list(tls.PEERS)
+    for peer, cases in sessions:
+        assert peer.tls
+        assert [(c.tls, c.connections) for c in cases] == [
+            ("h1", 1), ("h1", 100), ("h2", 1), ("h2", 100), ("handshake", 100)
+        ]  # fmt: skip
+    assert peers.PEERS["lbproxy-2w-tls"].workers == 2 and peers.PEERS["lbproxy-2w-tls"].features
+    specs = {(c.tls, c.connections): harness.load_spec(c, 8443, 4, tmp_path / "h2.tsv")
+             for c in cases}  # fmt: skip
+    h1 = specs[("h1", 100)].args()
+    assert h1[0] == "wrk" and h1[-1] == "https://127.0.0.1:8443/1k" and "-c100" in h1
+    assert "Host: bench.test" in h1 and "Connection: close" not in h1
+    handshake = specs[("handshake", 100)].args()
+    assert handshake[0] == "wrk" and "Connection: close" in handshake and "-c100" in handshake
+    assert handshake[-1].startswith("https://")
+    h2 = specs[("h2", 100)].args()
+    assert h2[0] == "h2load" and h2[-1] == "https://127.0.0.1:8443/1k"
+    assert {"-c100", "-t2", "-m1", "-D4", ":authority: bench.test"} <= set(h2)
+    assert "-t1" in specs[("h2", 1)].args()
+    # Its time, and the smoke run stays without it.
+    assert harness.estimate_seconds(harness.Options(sections=("tls",))) < 90
+    smoke = parse_args(["--smoke"])
+    assert not any(peer.tls or any(c.tls for c in cases) for peer, cases in harness.plan(smoke))
+
+
+def test_tls_configs_terminate_tls_with_the_bench_certificate(tmp_path):
+    files = tls.make_files(tmp_path / "certs", peers.BENCH_DOMAIN)
+    pem = files.pem.read_text()
+    assert "BEGIN CERTIFICATE" in pem and "PRIVATE KEY" in pem
+    leaf = subprocess.run(
+        ["openssl", "x509", "-in", str(files.cert), "-noout", "-text"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "prime256v1" in leaf and "DNS:bench.test" in leaf and "IP Address:127.0.0.1" in leaf
+    extra = {"admin_port": 18081, "statsd_port": 18083, "on_env": {}, "off_env": {}, "tls": files}
+
+    haproxy = peers.launch(peers.PEERS["haproxy-tls"], tmp_path / "h", 18443, 18082, extra)
+    cfg = tmp_path / "h" / "haproxy.cfg"
+    text = cfg.read_text()
+    assert f"bind 127.0.0.1:18443 ssl crt {files.pem} alpn h2,http/1.1\n" in text
+    assert "server nginx 127.0.0.1:18082\n" in text and haproxy.notes["config"] == text
+    assert "ssl" not in peers.haproxy_config(18080, 18082)  # the plain peer: unchanged
+    if Path("/usr/sbin/haproxy").exists():  # HAProxy's own check, certificate loaded
+        done = subprocess.run(
+            ["/usr/sbin/haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    lbproxy = peers.launch(peers.PEERS["lbproxy-2w-tls"], tmp_path / "l", 18444, 18082, extra)
+    config = parse_config((tmp_path / "l" / "proxy.yaml").read_text())
+    [listener] = config.listeners
+    assert (listener.address, listener.port) == ("127.0.0.1", 18444)
+    assert listener.tls.alpn == ("h2", "http/1.1")
+    [certificate] = listener.tls.certificates
+    assert Path(certificate.cert) == files.cert.resolve() and certificate.names == ("bench.test",)
+    assert config.services[0].domain == peers.BENCH_DOMAIN
+    assert {h.port for s in config.services for h in s.hosts} == {18082}
+    # The "on" variant of the main section: 2 workers, metrics and access log.
+    assert lbproxy.env["PROXY_WORKERS"] == "2" and lbproxy.env["STATSD_PORT"] == "18083"
+    assert "--access-logfile" in lbproxy.env["GUNICORN_CMD_ARGS"]
+
+
+def _row(peer, conns, rps, cpu, tls_case=None, section="main"):
+    return {
+        "section": "tls" if tls_case else section, "peer": peer, "label": peer,
+        "connections": conns, "path": "/1k", "tls_case": tls_case, "rps": rps,
+        "latency_us": {"p50": 1000, "p99": 3000},
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        "errors_total": 0, "cpu_us_per_req": cpu, "upstream_cpu_us_per_req": 10.0,
+        "rss_kib": 80 * 1024, "pss_kib": 40 * 1024, "processes": 3, "foreign_cpu_pct": 0.0,
+        "mb_per_s": 1.0,
+    }  # fmt: skip
+
+
+def test_report_compares_tls_cases_with_haproxy_over_tls():
+    probe = {
+        "version": "TLSv1.3",
+        "cipher": "X",
+        "alpn": "h2",
+        "resumed": 20,
+        "resume_attempts": 20,
+    }
+    data = {
+        "results": [
+            _row("haproxy", 100, 50000, 17.0),
+            _row("haproxy-tls", 100, 40000, 25.0, "h1"),
+            _row("haproxy-tls", 100, 38000, 26.0, "h2"),
+            _row("haproxy-tls", 100, 2000, 400.0, "handshake") | {"handshakes_per_s": 2000},
+            _row("lbproxy-2w-tls", 100, 8000, 200.0, "h1"),
+            _row("lbproxy-2w-tls", 100, 2000, 600.0, "h2"),
+            _row("lbproxy-2w-tls", 100, 1500, 700.0, "handshake") | {"handshakes_per_s": 1500},
+        ],
+        "sessions": [
+            {"peer": "haproxy", "label": "HAProxy", "kind": "haproxy"},
+            {"peer": "haproxy-tls", "label": "HAProxy TLS", "kind": "haproxy", "tls": probe},
+            {"peer": "lbproxy-2w-tls", "label": "lbproxy TLS", "kind": "lbproxy"},
+        ],
+    }
+    report.derive(data)
+    ratios = {(r["peer"], r["tls_case"]): r["ratio_haproxy"] for r in data["results"]}
+    assert ratios[("lbproxy-2w-tls", "h1")] == pytest.approx(0.2)  # to HAProxy over TLS
+    assert ratios[("lbproxy-2w-tls", "handshake")] == pytest.approx(0.75)
+    assert ratios[("haproxy-tls", "h2")] == 1
+    assert set(data["summary"]) == {"haproxy"}  # the TLS peers have their own summary
+    lbproxy = data["tls_summary"]["lbproxy-2w-tls"]
+    assert lbproxy["h2_vs_h1_100"]["h2_extra_cpu_us"] == pytest.approx(400)
+    assert lbproxy["h2_vs_h1_100"]["h2_rps_ratio"] == pytest.approx(0.25)
+    assert lbproxy["handshake"]["handshakes_per_s"] == 1500
+    table = "\n".join(report.tls_table(data))
+    assert "handshakes/s" in table.splitlines()[0]
+    handshake = "| new TLS connection per request (wrk, Connection: close) | lbproxy TLS | 100 |"
+    assert handshake + " 1,500 | 1,500 | 75.0% |" in table
+    notes = "\n".join(report.tls_notes(data))
+    assert "+400 µs" in notes and "resumed 20 of 20" in notes
