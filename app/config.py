@@ -382,6 +382,12 @@ class Timeout:
         " sends a byte just inside every `read` timeout is cut here (`504`, `408` while the"
         " client still sends its body, a cut response once the head is out)",
     )
+    tunnel_idle: float = setting(
+        300.0,
+        seconds,
+        "seconds a WebSocket tunnel may pass no byte either way before both sides are closed"
+        " (HAProxy's `timeout tunnel`)",
+    )
     idle: float = setting(
         1.5,
         seconds,
@@ -502,6 +508,12 @@ class Policy:
         optional(integer(1, 10**6)),
         "circuit breaker: requests in flight for the service, proxy-wide (each worker holds"
         " `ceil(limit / workers)`); beyond it `503` with `Retry-After: 1`",
+    )
+    max_tunnels: int | None = setting(
+        None,
+        optional(integer(1, 10**6)),
+        "WebSocket tunnels open at once for the service, per worker; beyond it `503` with"
+        " `Retry-After: 1` (plain requests are served whatever the tunnels do)",
     )
     max_in_flight_per_host: int | None = setting(
         None,

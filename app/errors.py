@@ -84,6 +84,11 @@ class Overloaded(ProxyError):
         return [("Retry-After", "1")]
 
 
+class TooManyTunnels(Overloaded):
+    kind = "too_many_tunnels"
+    message = "too many WebSocket tunnels open for this service; retry shortly"
+
+
 class UpstreamConnectError(ProxyError):
     status = "502 Bad Gateway"
     kind = "connect_error"

@@ -22,6 +22,8 @@ import logging
 import time
 from functools import partial
 
+from gunicorn.workers.base_async import ALREADY_HANDLED
+
 from app.config import ProxyConfig, Timeout, load_config
 from app.errors import (
     BadRequest,
@@ -30,7 +32,8 @@ from app.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from app.http.request import ProxyRequest, parse_request
+from app.http.framing import send_all
+from app.http.request import TAKE_BUFFERED_KEY, ProxyRequest, parse_request
 from app.observe.admin import AdminApp
 from app.observe.end import AccessLog, RequestEnd
 from app.observe.metrics import Metrics, statsd_settings
@@ -45,6 +48,7 @@ from app.upstream.pool import Pools
 from app.upstream.response import UpstreamResponse
 from app.upstream.session import make_session
 from app.upstream.tls import warn_unverified
+from app.upstream.tunnel import Tunnel
 
 log = logging.getLogger("gunicorn.error")
 
@@ -64,6 +68,7 @@ class Proxy:
         self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))
         self.metrics = Metrics(statsd_settings(config.statsd))
         self.end = RequestEnd(self.metrics)
+        self.tunnels: set[Tunnel] = set()  # open in this worker, for close_tunnels
         warn_unverified(config.services)
 
     def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
@@ -82,14 +87,20 @@ class Proxy:
         if environ.get("SERVER_PORT") == self.admin_port:
             return self.admin(environ, start_response)
         record = Record(request_id(environ.get("HTTP_X_REQUEST_ID")))
-        request = None
+        request = route = None
         try:
             request = parse_request(environ, self.max_body_size, record.request_id)
             route = self.router.route(request.domain)
             record.service = route.service.name
+            if request.upgrade is not None:
+                route.admit_tunnel()
             response = self.forward(route, request, record)
         except ProxyError as error:
+            if request is not None and request.upgrade is not None and route is not None:
+                route.release_tunnel()
             return self.refuse(error, start_response, record, request, environ)
+        if response.status == 101:
+            return self.tunnel(route, request, record, environ, response)
         record.upstream_status = response.status
         record.connect_time = response.connect_time
         record.upstream_time = response.upstream_time
@@ -107,7 +118,44 @@ class Proxy:
         record.bytes_out = bytes_sent
         self.end(record, environ)
 
+    def tunnel(self, route: Route, request: ProxyRequest, record: Record, environ, response):
+        """The upstream switched protocols: copy bytes both ways until the tunnel
+        ends (app/upstream/tunnel.py), then tell the server the connection is done."""
+        record.upstream_status = record.status = 101
+        record.connect_time = response.connect_time
+        record.upstream_time = response.upstream_time
+        connection = response.connection
+        head = _switching_head(response.head).encode("latin-1")
+        early_up = environ.get(TAKE_BUFFERED_KEY, bytes)()  # the client's bytes past its request
+        early_down, connection.stream.pending = connection.stream.pending, b""
+        tunnel = Tunnel(request.client_socket, connection.sock, route.service.timeout.tunnel_idle)
+        self.tunnels.add(tunnel)
+        self.metrics.tunnel_opened(route.service.name)
+        try:
+            send_all(request.client_socket, head)
+            record.tunnel_close = tunnel.run(early_up, early_down)
+        except OSError:
+            record.tunnel_close = "client"
+            tunnel.close("client")
+        finally:
+            self.tunnels.discard(tunnel)
+            route.release_tunnel()
+            response.lease.release()
+            connection.close()
+            record.bytes_in = tunnel.sent["upstream"]
+            record.bytes_out = len(head) + tunnel.sent["client"]
+            self._end(record, environ, request)
+        return ALREADY_HANDLED
+
+    def close_tunnels(self) -> None:
+        """The worker is stopping: every tunnel ends now (reason ``shutdown``)."""
+        for tunnel in list(self.tunnels):
+            tunnel.close("shutdown")
+
     def _end_proxied(self, record, environ, request: ProxyRequest, response) -> None:
+        if request.upgrade is not None:
+            route = self.router.route(request.domain)
+            route.release_tunnel()  # the upstream answered the upgrade with no 101
         record.status = response.status  # a body that broke off first thing: 502 or 504
         record.bytes_out = response.bytes_sent
         if response.failure:
@@ -225,6 +273,12 @@ class ErrorBody:
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()
+
+
+def _switching_head(head) -> str:
+    """The upstream's 101 head as it came (its fields in order), for the client."""
+    fields = "".join(f"{name}: {value}\r\n" for name, value in head.headers)
+    return f"HTTP/1.1 101 {head.reason}\r\n{fields}\r\n"
 
 
 def _remaining(timeout: Timeout, deadline: float | None) -> Timeout:

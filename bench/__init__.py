@@ -7,6 +7,8 @@ what it measures and how. Modules:
   peers    the upstream nginx and every peer: generated configs, start commands
   load     wrk and its report script (report.lua); h2load for HTTP/2
   tls      the tls section: the certificate, the TLS peers' probe (docs/bench.md#tls)
+  wsload   the websocket section's load client: WebSocket echo ping-pong
+           (docs/bench.md#websocket)
   report   ratios, added latency, targets, markdown
   sink     a counting StatsD stand-in for lbproxy's "features on" variants
 

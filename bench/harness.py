@@ -1,10 +1,11 @@
 """The run: plan the cases, start each peer once, load it with wrk, measure, stop.
 
 One session per peer: start it, wait until a request through it returns the
-1 KiB body, run its cases back to back, stop it by PID. Each case is a warm-up
-run (discarded), then the measured run (wrk; h2load for the tls section's HTTP/2
-case), with the peer's CPU ticks read just before and just after it and its
-memory sampled every 0.5 s while it runs.
+1 KiB body (for the websocket section: until a message through it comes back),
+run its cases back to back, stop it by PID. Each case is a warm-up run
+(discarded), then the measured run (wrk; h2load for the tls section's HTTP/2
+case; bench/wsload.py for the websocket section), with the peer's CPU ticks read
+just before and just after it and its memory sampled every 0.5 s while it runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import load, micro, peers, report, tls
+from bench import load, micro, peers, report, tls, wsload
 from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
 from devkit.processes import (
     CLOCK_TICKS,
@@ -44,7 +45,7 @@ from devkit.processes import (
 
 REPO = peers.REPO
 INSTALL = REPO / "scripts" / "install" / "bench.sh"
-SECTIONS = ("main", "bodies", "concurrency", "domains", "micro", "tls")
+SECTIONS = ("main", "bodies", "concurrency", "domains", "micro", "tls", "websocket")
 MAIN_CONNECTIONS = (1, 100, 400)
 SWEEP_CONNECTIONS = (1, 10, 100, 400, 1000)
 SWEEP_PEERS = ("haproxy", "lbproxy-2w")
@@ -66,6 +67,9 @@ ORDER = (
     "mitmdump",
     "haproxy-tls",
     "lbproxy-2w-tls",
+    "ws-direct",
+    "ws-lbproxy-2w",
+    "ws-nginx",
 )
 FULL_PEERS = ORDER
 SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
@@ -115,6 +119,17 @@ class Case:
         return f"{section}:{self.path}@{self.connections}"
 
 
+# The websocket section (docs/bench.md#websocket): 1 connection (round-trip latency),
+# then WS_CONNECTIONS (throughput), 32-byte messages, one in flight per connection.
+WS_CONNECTIONS = (1, 50)
+WS_PATH = "/"  # the WebSocket request's target (the echo answers any)
+
+
+def ws_cases() -> list[Case]:
+    """The websocket section's cases of one peer, in run order."""
+    return [Case("websocket", c, WS_PATH) for c in WS_CONNECTIONS]
+
+
 def tls_cases() -> list[Case]:
     """The tls section's cases of one peer, in run order."""
     cases = [Case("tls", c, tls=kind) for kind in ("h1", "h2") for c in tls.CONNECTIONS]
@@ -137,6 +152,10 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
         if peer.tls:  # the tls section's peers run its cases only
             if "tls" in sections:
                 sessions.append((peer, tls_cases()))
+            continue
+        if peer.ws:  # and the websocket section's, its cases
+            if "websocket" in sections:
+                sessions.append((peer, ws_cases()))
             continue
         main = (
             sorted(options.connections) if "main" in sections and name != "lbproxy-2w-10k" else []
@@ -165,6 +184,11 @@ def estimate_seconds(options: Options) -> float:
     cases = sum(len(cases) for _, cases in sessions)
     # A TLS session also makes the certificate (once) and probes the peer: about 1 s.
     extra = sum(1.0 for peer, _ in sessions if peer.tls)
+    # The websocket section: the echo upstream starts once (about 1 s); each run of
+    # the load client waits wsload.START_DELAY_S for its connections before its window.
+    ws_runs = sum(len(cases) for peer, cases in sessions if peer.ws) * 2
+    if ws_runs:
+        extra += 1.0 + ws_runs * wsload.START_DELAY_S
     return cases * (options.duration + options.warmup + 0.6) + len(sessions) * 2.5 + extra + 5
 
 
@@ -329,6 +353,18 @@ def fetch(
         connection.close()
 
 
+def wait_ws_ready(process: Spawned, port: int, processes: int = 1, timeout: float = 60.0):
+    """Until a WebSocket message through port comes back and the processes are up."""
+
+    def ready() -> bool:
+        return wsload.probe(port, timeout=1.0) and len(process.tree()) >= processes
+
+    if not wait_until(ready, process, timeout, f"a WebSocket echo on port {port}", interval=0.1):
+        raise StartError(
+            f"{process.name}: no WebSocket echo in {timeout:.0f} s", process.log_tail()
+        )
+
+
 def wait_ready(
     process: Spawned,
     port: int,
@@ -368,11 +404,33 @@ class Runner:
         self.sessions: list[dict] = []
         self.deadline = time.monotonic() + options.budget
         self.tls_files: tls.Files | None = None  # made by the first TLS session
+        self.echo: Spawned | None = None  # the WebSocket echo upstream: the first ws session's
+        self.echo_port = 0
 
     def certificate(self) -> tls.Files:
         if self.tls_files is None:
             self.tls_files = tls.make_files(self.tmp / "certs", BENCH_DOMAIN)
         return self.tls_files
+
+    def start_echo(self) -> Spawned:
+        """The websocket section's upstream (tests/ws_upstream.py), once per run."""
+        if self.echo is None:
+            self.echo_port = free_port()
+            launch = peers.ws_echo(self.echo_port)
+            self.echo = self.procs.start(
+                "ws-echo", launch.args, self.tmp / "ws-echo.log",
+                env=launch.env, cwd=launch.cwd, stop_signal=launch.stop_signal,
+            )  # fmt: skip
+            wait_ws_ready(self.echo, self.echo_port)
+            self.upstream_notes["ws_echo_command"] = launch.command()
+            self.log(f"WebSocket echo upstream on 127.0.0.1:{self.echo_port}")
+        return self.echo
+
+    def upstream_of(self, case: Case) -> Spawned:
+        """The upstream a case goes through: the WebSocket echo for the websocket section."""
+        upstream = self.echo if case.section == "websocket" else self.upstream
+        assert upstream is not None
+        return upstream
 
     def log(self, message: str) -> None:
         print(f"bench: {message}", flush=True)
@@ -402,7 +460,12 @@ class Runner:
         sink = None
         process = None
         try:
-            if peer.kind == "direct":
+            if peer.ws:
+                self.start_echo()
+            if peer.kind == "direct" and peer.ws:
+                port, process = self.echo_port, self.echo
+                session["command"] = "(no proxy: bench/wsload.py to the WebSocket echo upstream)"
+            elif peer.kind == "direct":
                 port, process = self.upstream_port, self.upstream
                 session["command"] = "(no proxy: wrk to the upstream nginx)"
             else:
@@ -415,7 +478,8 @@ class Runner:
                 }
                 if peer.tls:
                     extra["tls"] = self.certificate()
-                launch = peers.launch(peer, home, port, self.upstream_port, extra)
+                target = self.echo_port if peer.ws else self.upstream_port
+                launch = peers.launch(peer, home, port, target, extra)
                 session["command"] = launch.command()
                 session["notes"] = launch.notes
                 if peer.kind == "lbproxy" and peer.features:
@@ -436,7 +500,10 @@ class Runner:
                 elif peer.kind == "nginx":
                     expected = 3
                 context = tls.client_context(extra["tls"].ca) if peer.tls else None
-                wait_ready(process, port, expected, context=context)
+                if peer.ws:
+                    wait_ws_ready(process, port, expected)
+                else:
+                    wait_ready(process, port, expected, context=context)
                 session["start_s"] = round(time.monotonic() - started, 2)
                 if peer.tls:
                     try:
@@ -468,7 +535,7 @@ class Runner:
             session["error"] = str(error)
             self.log(f"{peer.label}: FAILED: {error}")
         finally:
-            if process is not None and process is not self.upstream:
+            if process is not None and process not in (self.upstream, self.echo):
                 self.procs.stop(process)
             if sink is not None:
                 self.procs.stop(sink)
@@ -499,12 +566,12 @@ class Runner:
 
     def measure(self, peer, process, port, case: Case, sink) -> dict:
         options = self.options
-        assert self.upstream is not None
+        upstream = self.upstream_of(case)
         if options.warmup > 0:
             self.drive(self.load_spec(case, port, options.warmup))
-        is_direct = process is self.upstream
+        is_direct = process is upstream
         pids = process.tree()
-        up_pids = self.upstream.tree()
+        up_pids = upstream.tree()
         sink_pids = sink.tree() if sink else []
         cpu0 = cpu_ticks(pids)
         up0 = cpu_ticks(up_pids)
@@ -517,7 +584,7 @@ class Runner:
         rss = pss = peak = 0
         count = len(pids)
         try:
-            deadline = started + options.duration + 20
+            deadline = started + options.duration + 20 + wsload.START_DELAY_S
             while wrk.poll() is None and time.monotonic() < deadline:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     wrk.wait(0.5)
@@ -533,7 +600,7 @@ class Runner:
                 wrk.wait()
         elapsed = time.monotonic() - started
         cpu = (cpu_ticks(process.tree()) - cpu0) / CLOCK_TICKS
-        up_cpu = (cpu_ticks(self.upstream.tree()) - up0) / CLOCK_TICKS
+        up_cpu = (cpu_ticks(upstream.tree()) - up0) / CLOCK_TICKS
         sink_cpu = (cpu_ticks(sink_pids) - sink0) / CLOCK_TICKS
         busy = (system_busy_ticks() - busy0) / CLOCK_TICKS
         mine = cpu_seconds_self_and_children() - mine0
@@ -553,7 +620,9 @@ class Runner:
             "tls_case": case.tls,
             "tool": spec.tool,
             "load_command": shlex.join(spec.args()),
-            "body_bytes": BODIES[case.path],
+            "body_bytes": wsload.MESSAGE_BYTES
+            if case.section == "websocket"
+            else BODIES[case.path],
             "duration_s": options.duration,
             **result,
             "errors_total": errors["status"] + errors["connect"] + errors["read"] + errors["write"],
@@ -574,14 +643,14 @@ class Runner:
             row["handshakes_per_s"] = row["rps"]
         return row
 
-    def load_spec(self, case: Case, port: int, seconds: int) -> load.Load | load.H2Load:
+    def load_spec(self, case: Case, port: int, seconds: int) -> load.Spec:
         return load_spec(case, port, seconds, self.tmp / "h2load.tsv")
 
-    def drive(self, spec: load.Load | load.H2Load) -> dict:
+    def drive(self, spec: load.Spec) -> dict:
         """Run the load tool once (a warm-up) and parse its result."""
         process = load.start(spec, self.tmp / f"{spec.tool}.log")
         try:
-            output, _ = process.communicate(timeout=spec.seconds + 20)
+            output, _ = process.communicate(timeout=spec.seconds + 20 + wsload.START_DELAY_S)
         finally:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
@@ -589,8 +658,11 @@ class Runner:
         return spec.parse(output)
 
 
-def load_spec(case: Case, port: int, seconds: int, h2_log: Path) -> load.Load | load.H2Load:
-    """wrk for a case (https for the tls section), or h2load for its HTTP/2 case."""
+def load_spec(case: Case, port: int, seconds: int, h2_log: Path) -> load.Spec:
+    """wrk for a case (https for the tls section), h2load for its HTTP/2 case, or
+    bench/wsload.py for the websocket section."""
+    if case.section == "websocket":
+        return load.WsLoad(port, case.connections, seconds)
     if case.tls == "h2":
         return load.H2Load(port, case.path, case.connections, seconds, h2_log)
     if case.tls:

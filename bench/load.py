@@ -1,4 +1,5 @@
-"""The load generators: wrk (HTTP/1.1, plain or TLS) and h2load (HTTP/2 over TLS).
+"""The load generators: wrk (HTTP/1.1, plain or TLS), h2load (HTTP/2 over TLS) and
+bench/wsload.py (the websocket section's WebSocket echo ping-pong).
 
 wrk runs with 2 threads (1 when there is 1 connection: wrk needs at least one
 connection per thread), HTTP/1.1 keep-alive (or ``Connection: close`` for the
@@ -10,6 +11,10 @@ h2load (the tls section's HTTP/2 case) runs with the same threads, ``-m 1``
 for a fixed duration (``-D``), and writes one line per request to a log file
 (``--log-file``), from which the percentiles are computed. Both give the same
 result fields (requests, duration, bytes, errors, latency percentiles in µs).
+
+bench/wsload.py (``WsLoad``) runs with this Python, in 1 process at 1
+connection and 2 at more (the machine's 2 CPUs), and prints the same fields,
+requests being completed round trips of a 32-byte message.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +98,41 @@ class H2Load:
         return parse_h2load(output, lines, self.seconds)
 
 
-def start(load: Load | H2Load, log: Path) -> subprocess.Popen:
+@dataclass(frozen=True)
+class WsLoad:
+    """bench/wsload.py: ``connections`` WebSocket connections ping-ponging for ``seconds``."""
+
+    port: int
+    connections: int
+    seconds: int
+    timeout_s: int = 2
+
+    tool = "wsload"
+
+    @property
+    def processes(self) -> int:
+        return min(2, self.connections)
+
+    def args(self) -> list[str]:
+        return [
+            sys.executable, "-m", "bench.wsload",
+            "--port", str(self.port),
+            "--connections", str(self.connections),
+            "--seconds", str(self.seconds),
+            "--processes", str(self.processes),
+            "--timeout", str(self.timeout_s),
+        ]  # fmt: skip
+
+    def parse(self, output: str) -> dict:
+        from bench import wsload
+
+        return wsload.parse(output)
+
+
+Spec = Load | H2Load | WsLoad
+
+
+def start(load: Spec, log: Path) -> subprocess.Popen:
     """The load tool in its own session (Ctrl-C reaches the harness, which stops it)."""
     if isinstance(load, H2Load):
         load.log_file.unlink(missing_ok=True)  # h2load appends to it

@@ -14,6 +14,9 @@ files and temp files in the run's temp dir, and never touch /etc/nginx,
   *-tls      the tls section's peers: HAProxy and lbproxy-2w with one TLS listener
              (ECDSA P-256 certificate, ALPN h2 and http/1.1; bench/tls.py), plain
              HTTP to the same upstream
+  ws-*       the websocket section's peers, to the WebSocket echo upstream
+             (tests/ws_upstream.py): direct, nginx (2 workers, Upgrade and
+             Connection set) and lbproxy-2w with one service (bench/wsload.py)
 
 No peer writes an access log except lbproxy in its "features on" variants,
 which also sends StatsD metrics (to bench/sink.py) when the build supports it.
@@ -54,6 +57,7 @@ class Peer:
     domains: int = 3  # lbproxy: services in proxy.yaml
     python: bool = False  # needs bench/.venv-peers
     tls: bool = False  # terminates TLS (the tls section): the listener is https
+    ws: bool = False  # the websocket section: in front of the WebSocket echo upstream
 
 
 PEERS = {
@@ -72,6 +76,9 @@ PEERS = {
         Peer("lbproxy-2w-10k", "lbproxy 2 workers, on, 10,000 domains", "lbproxy", 2, True, 10_000),
         Peer("haproxy-tls", "HAProxy (nbthread 2), TLS", "haproxy", tls=True),
         Peer("lbproxy-2w-tls", "lbproxy 2 workers, on, TLS", "lbproxy", 2, True, tls=True),
+        Peer("ws-direct", "direct to the WebSocket echo", "direct", ws=True),
+        Peer("ws-nginx", "nginx (2 workers), WebSocket", "nginx", ws=True),
+        Peer("ws-lbproxy-2w", "lbproxy 2 workers, on, WebSocket", "lbproxy", 2, True, 1, ws=True),
     )
 }
 
@@ -172,8 +179,36 @@ backend upstream
 """
 
 
+def nginx_ws_config(home: Path, port: int, echo_port: int) -> str:
+    """nginx in front of the WebSocket echo upstream, as its docs write the proxying."""
+    return (
+        "worker_processes 2;\n"
+        + _nginx_common(home)
+        + f"""    server {{
+        listen 127.0.0.1:{port} default_server backlog=4096;
+        location / {{
+            proxy_pass http://127.0.0.1:{echo_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+"""
+    )
+
+
+def ws_echo(port: int) -> Launch:
+    """The websocket section's upstream: tests/ws_upstream.py, echoing every message."""
+    args = [sys.executable, "-m", "tests.ws_upstream", "--port", str(port)]
+    return Launch(args, dict(os.environ), signal.SIGTERM, cwd=REPO)
+
+
 def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -> Launch:
-    """The start command of a proxy peer listening on port, forwarding to upstream_port.
+    """The start command of a proxy peer listening on port, forwarding to upstream_port
+    (for a ws peer: the WebSocket echo upstream's port).
 
     extra: admin_port, statsd_port, on_env, off_env (lbproxy); tls (a tls.Files,
     for a peer with tls).
@@ -188,6 +223,12 @@ def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -
         conf.write_text(haproxy_config(port, upstream_port, files.pem if files else None))
         args = ["/usr/sbin/haproxy", "-db", "-f", str(conf)]
         return Launch(args, env, signal.SIGTERM, notes={"config": conf.read_text()})
+    if peer.kind == "nginx" and peer.ws:
+        conf = home / "nginx.conf"
+        conf.write_text(nginx_ws_config(home, port, upstream_port))
+        return Launch(
+            nginx_args(home, conf), env, signal.SIGTERM, notes={"config": conf.read_text()}
+        )
     if peer.kind == "nginx":
         conf = home / "nginx.conf"
         conf.write_text(

@@ -37,8 +37,24 @@ def _tls_find(rows, peer, tls_case, connections):
     return None
 
 
+WS_PEERS = ("ws-direct", "ws-lbproxy-2w", "ws-nginx")
+WS_BASELINE = "ws-nginx"  # the websocket section compares with nginx (no HAProxy there)
+WS_DIRECT = "ws-direct"
+
+
+def _ws_find(rows, peer, connections):
+    """The websocket section's row of peer at connections."""
+    for row in rows:
+        if (row["section"], row["peer"], row["connections"]) == ("websocket", peer, connections):
+            return row
+    return None
+
+
 def _baseline(rows, row):
-    """The HAProxy row row compares with: the same case over TLS for the tls section."""
+    """The HAProxy row row compares with: the same case over TLS for the tls section;
+    none for the websocket section (see ws_summary)."""
+    if row["section"] == "websocket":
+        return None
     if row.get("tls_case"):
         return _tls_find(rows, tls.BASELINE, row["tls_case"], row["connections"])
     return _find(rows, "haproxy", row["connections"], row["path"])
@@ -54,8 +70,8 @@ def derive(data: dict) -> None:
     for session in data.get("sessions", []):
         name = session["peer"]
         mine = [row for row in rows if row["peer"] == name]
-        if not mine or all(row.get("tls_case") for row in mine):
-            continue  # the tls section's peers: tls_summary
+        if not mine or all(row.get("tls_case") or row["section"] == "websocket" for row in mine):
+            continue  # the tls and websocket sections' peers: tls_summary, ws_summary
         one, hundred, four = _find(rows, name, 1), _find(rows, name, 100), _find(rows, name, 400)
         entry = {
             "p50_1_ms": one["latency_us"]["p50"] / 1000 if one else None,
@@ -75,6 +91,36 @@ def derive(data: dict) -> None:
     data["summary"] = summary
     data["targets"] = targets(data)
     data["tls_summary"] = tls_summary(rows)
+    data["ws_summary"] = ws_summary(rows)
+
+
+def ws_summary(rows: list[dict]) -> dict:
+    """Per websocket peer and connection count: messages/s against nginx's, the p50 and
+    p99 added over direct (ms), CPU µs per message. Each row gets ratio_nginx too."""
+    out: dict = {}
+    for row in rows:
+        if row["section"] != "websocket":
+            continue
+        nginx = _ws_find(rows, WS_BASELINE, row["connections"])
+        direct = _ws_find(rows, WS_DIRECT, row["connections"])
+        row["ratio_nginx"] = row["rps"] / nginx["rps"] if nginx and nginx["rps"] else None
+        added = {}
+        for pct in ("p50", "p99"):
+            added[f"added_{pct}_ms"] = (
+                (row["latency_us"][pct] - direct["latency_us"][pct]) / 1000
+                if direct and row["peer"] != WS_DIRECT
+                else None
+            )
+        out.setdefault(row["peer"], {})[str(row["connections"])] = {
+            "messages_per_s": row["rps"],
+            "ratio_nginx": row["ratio_nginx"],
+            "p50_ms": row["latency_us"]["p50"] / 1000,
+            "p99_ms": row["latency_us"]["p99"] / 1000,
+            **added,
+            "cpu_us_per_message": row["cpu_us_per_req"],
+            "errors": row["errors_total"] + row["errors"]["timeout"],
+        }
+    return out
 
 
 def tls_summary(rows: list[dict]) -> dict:
@@ -364,6 +410,52 @@ def tls_table(data: dict) -> list[str]:
     return _table(header, lines)
 
 
+def ws_table(data: dict) -> list[str]:
+    rows = [r for r in data["results"] if r["section"] == "websocket"]
+    order = _peer_order(data)
+    rows.sort(key=lambda r: (r["connections"], order.index(r["peer"])))
+    summary = data.get("ws_summary", {})
+    lines = []
+    for r in rows:
+        entry = summary.get(r["peer"], {}).get(str(r["connections"]), {})
+        added = [entry.get("added_p50_ms"), entry.get("added_p99_ms")]
+        lines.append(
+            [
+                _label(data, r["peer"]),
+                str(r["connections"]),
+                _num(r["rps"]),
+                _pct(r.get("ratio_nginx")),
+                _ms(r["latency_us"]["p50"]),
+                _ms(r["latency_us"]["p99"]),
+                " / ".join("–" if a is None else f"{a:+.3f}" for a in added),
+                _errors(r),
+                f"{r['errors']['timeout']:,}",
+                _cpu(r),
+                _num(r["upstream_cpu_us_per_req"]),
+                _num(r["rss_kib"] / MIB, 1),
+                _num(r["pss_kib"] / MIB, 1),
+                _num(r["foreign_cpu_pct"]),
+            ]
+        )
+    header = [
+        "configuration", "conns", "messages/s", "vs nginx", "p50 ms", "p99 ms",
+        "added p50 / p99 ms", "errors", "timeouts", "CPU µs/msg", "echo µs/msg", "RSS MiB",
+        "PSS MiB", "other CPU %",
+    ]  # fmt: skip
+    return _table(header, lines)
+
+
+WS_NOTES = [
+    "- A message is a round trip: the client sends 32 bytes of text and waits for the echo",
+    "  before the next (one in flight per connection); only round trips completed, with the",
+    "  right echo, inside the measured window count. p50/p99 are send-to-echo times.",
+    "- The echo upstream is Python (websockets' threaded server, tests/ws_upstream.py) and",
+    '  shares the 2 CPUs with the client and the proxy: "echo µs/msg" is its CPU per message.',
+    '- "vs nginx": messages/s against nginx proxying the same echo at the same connections;',
+    '  "added": the percentile through the proxy minus the same percentile direct.',
+]
+
+
 def tls_notes(data: dict) -> list[str]:
     """HTTP/2's cost over HTTP/1.1, and what each peer negotiated and resumed."""
     out = []
@@ -516,6 +608,12 @@ def markdown(data: dict, brief: bool = False) -> str:
         out += ["## TLS termination (1 KiB body)", "", *tls_table(data), ""]
         if not brief:
             out += [*tls_notes(data), ""]
+    if any(r["section"] == "websocket" for r in data["results"]):
+        out += ["## WebSocket tunnel (32-byte echo, one message in flight per connection)", ""]
+        out += [*ws_table(data), ""]
+        if not brief:
+            out += [*WS_NOTES, ""]
+    if not brief:
         out += ["## lbproxy variants", "", *variants(data), ""]
         if data.get("micro"):
             out += ["## Steps of the hot path, in process (µs per call)", ""]
@@ -524,8 +622,18 @@ def markdown(data: dict, brief: bool = False) -> str:
         upstream = data.get("upstream", {}).get("command")
         if upstream:
             out.append(f"- upstream nginx: `{upstream}`")
+        echo = data.get("upstream", {}).get("ws_echo_command")
+        if echo:
+            out.append(f"- WebSocket echo upstream: `{echo}`")
         for session in data.get("sessions", []):
             out.append(f"- {session['label']}: `{session.get('command', '?')}`")
+            load_commands = {
+                r["load_command"]
+                for r in data["results"]
+                if r["peer"] == session["peer"] and r["section"] == "websocket"
+            }
+            for command in sorted(load_commands):
+                out.append(f"  - load: `{command}`")
         out.append("")
     if data.get("targets"):
         out += ["## Issue 9 targets", "", *targets_table(data), ""]

@@ -14,6 +14,7 @@ import functools
 import re
 import socket
 import struct
+import sys
 import threading
 from pathlib import Path
 
@@ -30,8 +31,16 @@ __all__ = [
     "StatsdDaemon",
     "free_port",
     "start_mock",
+    "start_ws_upstream",
     "write_config",
 ]
+
+
+def start_ws_upstream(name: str, port: int | None = None) -> Server:
+    """The WebSocket echo upstream (tests/ws_upstream.py) in its own process."""
+    port = port or free_port()
+    args = [sys.executable, "-m", "tests.ws_upstream", "--port", str(port)]
+    return Server(name, args, port, cwd=REPO)
 
 
 def write_config(directory: Path, services: list[dict], **proxy: object) -> Path:

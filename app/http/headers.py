@@ -63,16 +63,23 @@ def environ_fields(environ: dict) -> list[tuple[str, str]]:
 
 
 def upstream_headers(
-    fields: Iterable[tuple[str, str]], host: str, client: str, proto: str, request_id: str = ""
+    fields: Iterable[tuple[str, str]],
+    host: str,
+    client: str,
+    proto: str,
+    request_id: str = "",
+    upgrade: str | None = None,
 ) -> list[tuple[str, str]]:
     """The headers sent upstream: the client's end-to-end fields, then the proxy's.
 
     ``Host`` first (the client's, or an absolute-form target's authority), the
     client fields minus hop-by-hop ones and those the proxy sets, then
     X-Forwarded-For (the client appended to what it said), -Proto, -Host and
-    X-Request-Id. A name with ``_`` is dropped, as nginx
-    (``underscores_in_headers off``) and gunicorn do: WSGI maps ``-`` and ``_``
-    to one key, so an upstream could take it for another header.
+    X-Request-Id. For a tunnelled upgrade (``upgrade``: the protocol), the
+    client's ``Upgrade`` and a ``Connection: Upgrade`` go too. A name with
+    ``_`` is dropped, as nginx (``underscores_in_headers off``) and gunicorn
+    do: WSGI maps ``-`` and ``_`` to one key, so an upstream could take it for
+    another header.
     """
     fields = list(fields)
     dropped = HOP_BY_HOP | SET_BY_PROXY
@@ -83,8 +90,12 @@ def upstream_headers(
             dropped = dropped | connection_tokens(value)
         elif lower == "x-forwarded-for":
             forwarded_for.append(value)
+    if upgrade is not None:
+        dropped = dropped - {"upgrade"}
     headers = [("Host", host)]
     headers += [(n, v) for n, v in fields if n.lower() not in dropped and "_" not in n]
+    if upgrade is not None:
+        headers.append(("Connection", "Upgrade"))
     forwarded_for.append(client)
     headers += [
         ("X-Forwarded-For", ", ".join(forwarded_for)),

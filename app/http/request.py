@@ -18,11 +18,19 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from app.errors import BadRequest, BodyTooLarge, ClientAbort, MethodNotAllowed
-from app.http.framing import ContentTooLarge, ProtocolError, RequestHead, split_target
+from app.http.framing import (
+    ContentTooLarge,
+    ProtocolError,
+    RequestHead,
+    connection_tokens,
+    split_target,
+)
 from app.http.headers import environ_fields, upstream_headers
 
 BODY_CHUNK = 64 * 1024
 HEAD_KEY = "lbproxy.request_head"  # the parsed head, from app/http/server.py
+# A callable giving the bytes the server received past the request (a tunnel's first bytes).
+TAKE_BUFFERED_KEY = "lbproxy.take_buffered"
 
 # A DNS name or IPv4 literal (RFC 3986 reg-name, as names are really written).
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -40,6 +48,8 @@ class ProxyRequest:
     # Sent again on a fresh connection because a pooled one turned out closed
     # (app/upstream/forward.py): counted with the retries.
     stale_retries: int = 0
+    # The protocol a tunnelled upgrade asks for ("websocket"), else None.
+    upgrade: str | None = None
 
     @property
     def replayable(self) -> bool:
@@ -73,16 +83,44 @@ def parse_request(
     if not host_header:
         raise BadRequest("missing Host header")
     domain = domain_of(host_header)
+    upgrade = tunnelled_upgrade(fields)
     headers = upstream_headers(
         fields,
         host=host_header,
         client=environ.get("REMOTE_ADDR", ""),
         proto=environ.get("wsgi.url_scheme", "http"),
         request_id=request_id,
+        upgrade=upgrade,
     )
     body = request_body(environ, head, max_body_size)
+    if upgrade is not None and (method != "GET" or body is not None):
+        # RFC 6455 §4.1: the opening handshake is a GET without a body.
+        raise BadRequest(f"an upgrade to {upgrade} must be a GET without a body")
     client = environ.get("gunicorn.socket")
-    return ProxyRequest(method, target, domain, headers, body, client, request_id)
+    request = ProxyRequest(method, target, domain, headers, body, client, request_id)
+    request.upgrade = upgrade
+    return request
+
+
+# Protocols an Upgrade may tunnel to; h2c never is (its Upgrade is stripped, as
+# every hop-by-hop field): lbproxy speaks HTTP/1.1 to upstreams.
+TUNNELLED = frozenset({"websocket"})
+
+
+def tunnelled_upgrade(fields) -> str | None:
+    """ "websocket" when ``Connection`` lists ``upgrade`` and ``Upgrade`` names
+    an allowed protocol (the first one it names); else None: a plain request."""
+    connection = upgrade = None
+    for name, value in fields:
+        lower = name.lower()
+        if lower == "connection":
+            connection = f"{connection},{value}" if connection else value
+        elif lower == "upgrade":
+            upgrade = value
+    if connection is None or upgrade is None or "upgrade" not in connection_tokens(connection):
+        return None
+    first = upgrade.split(",")[0].strip().split("/")[0].lower()
+    return first if first in TUNNELLED else None
 
 
 def _from_environ(environ: dict):

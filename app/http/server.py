@@ -31,6 +31,10 @@ import time
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
 
+# gunicorn's public sentinel: an app returns it when it has answered on the
+# socket itself (a tunnel); both HTTP servers then close the connection.
+from gunicorn.workers.base_async import ALREADY_HANDLED
+
 from app.http.framing import (
     LAST_CHUNK,
     NO_BODY,
@@ -50,7 +54,7 @@ from app.http.framing import (
     response_has_body,
     send_all,
 )
-from app.http.request import HEAD_KEY
+from app.http.request import HEAD_KEY, TAKE_BUFFERED_KEY
 
 SERVER_NAME = "lbproxy"
 
@@ -153,6 +157,8 @@ class ClientConnection:
         result = None
         try:
             result = self.server.app(environ, response.start_response)
+            if result is ALREADY_HANDLED:
+                return False  # the app took the connection over (a tunnel) and ended it
             for chunk in result:
                 response.write(chunk)
             response.finish()
@@ -170,10 +176,17 @@ class ClientConnection:
                 response.keep_alive = False
         return response.keep_alive and body.done
 
+    def take_buffered(self) -> bytes:
+        """The bytes received past the request (and its body), for an app that
+        takes the connection over: they are no longer the server's."""
+        data, self.stream.pending = self.stream.pending, b""
+        return data
+
     def _environ(self, head: RequestHead, body: WsgiInput) -> dict:
         environ = self.environ.copy()
         path, _, query = head.path.partition("?")
         environ[HEAD_KEY] = head  # the app takes target, Host and fields from it as parsed
+        environ[TAKE_BUFFERED_KEY] = self.take_buffered
         environ["REQUEST_METHOD"] = head.method
         environ["RAW_URI"] = head.target
         environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path

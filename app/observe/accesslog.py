@@ -44,6 +44,7 @@ def entry(record: Record, environ: dict) -> dict:
         "connect_ms": _ms(record.connect_time),
         "upstream_ms": _ms(record.upstream_time),
         "retries": record.retries,
+        "tunnel_close": record.tunnel_close,
     }
 
 
@@ -64,7 +65,8 @@ def line(record: Record, environ: dict) -> str:
         f'"status":{_int(record.status)},"response_bytes":{record.bytes_out},'
         f'"request_bytes":{record.bytes_in},"duration_ms":{_num(_ms(record.duration))},'
         f'"connect_ms":{_num(_ms(record.connect_time))},'
-        f'"upstream_ms":{_num(_ms(record.upstream_time))},"retries":{record.retries}}}'
+        f'"upstream_ms":{_num(_ms(record.upstream_time))},"retries":{record.retries},'
+        f'"tunnel_close":{_str(record.tunnel_close)}}}'
     )
 
 

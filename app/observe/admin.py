@@ -69,6 +69,7 @@ def service_status(service: Service, route: Route | None) -> dict:
         "domain": service.domain,
         "strategy": service.strategy,
         "in_flight": route.balancer.total_in_flight if route else 0,
+        "tunnels": route.tunnels if route else 0,
         "hosts": [host_status(route, host) for host in service.hosts],
     }
 

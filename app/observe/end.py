@@ -7,6 +7,7 @@ Every path ends here exactly once:
   after its last byte or when the client left;
 - refused by the app (unknown domain, 413, no healthy host...): when the
   server closes the error body (app/wsgi.py);
+- a WebSocket tunnel: when it closes (app/wsgi.py);
 - refused by the HTTP server before the app saw it (a malformed head):
   ``Proxy.refused_by_server``, called by app/http/server.py.
 
@@ -35,5 +36,7 @@ class RequestEnd:
             return  # already ended: a second close() counts nothing twice
         record.finish()
         self.metrics.request_done(record)
+        if record.tunnel_close is not None:
+            self.metrics.tunnel_closed(record)
         if self.access_log is not None:
             self.access_log(record, environ)

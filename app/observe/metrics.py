@@ -18,6 +18,9 @@ Naming (prefix ``lbproxy`` by default; ``<service>`` is the service's name and
   <prefix>.unrouted.status.<N>xx, .errors.<kind>   requests that matched no service
   <prefix>.<service>.in_flight.<pid>         gauge  requests in flight, per worker
   <prefix>.<service>.hosts_in_rotation.<pid> gauge  hosts in rotation, per worker
+  <prefix>.<service>.tunnels.opened / .closed.<reason> / .bytes_in / .bytes_out   counter
+      WebSocket tunnels (reason: client, upstream, idle, shutdown)
+  <prefix>.<service>.tunnels_active.<pid>    gauge  tunnels open, per worker
   <prefix>.<service>.hosts.<host>.pool_idle.<pid>  gauge  idle pooled connections, per worker
 
 Gauges are per worker (sum them in Graphite: ``sumSeries(...in_flight.*)``):
@@ -148,6 +151,22 @@ class Metrics:
         if len(self.timers) >= self.TIMERS_PER_DATAGRAM:
             self.flush()
 
+    def tunnel_opened(self, service: str) -> None:
+        if self.client is not None:
+            self.active.add(service)
+            self._count(f"{safe(service)}.tunnels.opened")
+
+    def tunnel_closed(self, record: Record) -> None:
+        """A tunnel's end (its request is counted by ``request_done`` as well)."""
+        if self.client is None or record.service is None:
+            return
+        base = f"{safe(record.service)}.tunnels"
+        self._count(f"{base}.closed.{record.tunnel_close}")
+        if record.bytes_in:
+            self._count(f"{base}.bytes_in", record.bytes_in)
+        if record.bytes_out:
+            self._count(f"{base}.bytes_out", record.bytes_out)
+
     def health_event(self, service: str, host: str, event: str) -> None:
         if self.client is not None:
             self.active.add(service)
@@ -185,6 +204,7 @@ class Metrics:
             service = safe(route.service.name)
             pipe.gauge(f"{service}.in_flight.{pid}", route.balancer.total_in_flight)
             pipe.gauge(f"{service}.hosts_in_rotation.{pid}", len(route.health.in_rotation()))
+            pipe.gauge(f"{service}.tunnels_active.{pid}", route.tunnels)
             for host in route.service.hosts:
                 idle = pools.idle(host)
                 pipe.gauge(f"{service}.hosts.{safe(host.name)}.pool_idle.{pid}", idle)

@@ -39,6 +39,7 @@ class Record:
     connect_time: float | None = None  # None: a pooled connection was reused
     upstream_time: float | None = None  # until the upstream's response headers
     retries: int = 0
+    tunnel_close: str | None = None  # a tunnel's end: client, upstream, idle, shutdown
     bytes_in: int = 0
     bytes_out: int = 0
     finished: float | None = None

@@ -86,7 +86,21 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
     def handle_request(self, listener_name, req, sock, addr):
         if is_tls(sock):
             req.scheme = "https"
-        return super().handle_request(listener_name, req, sock, addr)
+        super().handle_request(listener_name, req, sock, addr)
+        if sock.fileno() == -1:
+            # The app took the connection over and closed it (a tunnel ended):
+            # gunicorn's keep-alive loop would read the closed socket next.
+            raise StopIteration()
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM (a stop, or a reload's old worker): tunnels end now, as a
+        reload cuts them (docs/websocket.md); requests in flight finish."""
+        close_tunnels = getattr(self.wsgi, "close_tunnels", None)
+        if close_tunnels is not None:
+            import gevent
+
+            gevent.spawn(close_tunnels)
+        super().handle_exit(sig, frame)
 
     def handle_http2_request(self, listener_name, req, sock, addr, h2_conn):
         if is_tls(sock):

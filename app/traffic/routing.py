@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 
 from app.config import Host, ProxyConfig, Service
-from app.errors import NoHealthyHost, Overloaded, UnknownDomain
+from app.errors import NoHealthyHost, Overloaded, TooManyTunnels, UnknownDomain
 from app.traffic.balancer import make_balancer
 from app.traffic.health import Health
 from app.traffic.retry import RetryBudget, RetryPolicy
@@ -44,12 +44,24 @@ class Route:
         self.budget = RetryBudget(service.retry)
         self.max_in_flight = worker_share(service.max_in_flight, workers)
         self.max_in_flight_per_host = worker_share(service.max_in_flight_per_host, workers)
+        self.tunnels = 0  # WebSocket tunnels open or being opened in this worker
 
     def admit(self) -> None:
         """The circuit breaker: refuse before anything is sent when the service is full."""
         if self.max_in_flight is not None and self.balancer.total_in_flight >= self.max_in_flight:
             raise Overloaded(self.service.name)
         self.budget.record_request()
+
+    def admit_tunnel(self) -> None:
+        """``max_tunnels`` (per worker): refuse a new tunnel when the service is full;
+        else hold its place until ``release_tunnel``."""
+        limit = self.service.max_tunnels
+        if limit is not None and self.tunnels >= limit:
+            raise TooManyTunnels(self.service.name)
+        self.tunnels += 1
+
+    def release_tunnel(self) -> None:
+        self.tunnels -= 1
 
     def pick(self, tried: list[Host]) -> Lease | None:
         """A lease on the next host to try, or None when every host in rotation was tried.

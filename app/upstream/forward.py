@@ -99,6 +99,13 @@ class Forwarder:
         """
         pool = self.pools.get(host.address, host.port, tls)
         attempt = Attempt(host)
+        if request.upgrade is not None:
+            # A tunnel gets a connection of its own, never a pooled one, and
+            # never goes back to the pool (UpstreamResponse.dedicated).
+            connection = self._connect(pool, attempt, timeout)
+            response = self._exchange(pool, connection, attempt, request, timeout, deadline)
+            response.dedicated = True
+            return response
         connection = self._checkout(pool, attempt, timeout)
         try:
             return self._exchange(pool, connection, attempt, request, timeout, deadline)
@@ -142,7 +149,7 @@ class Forwarder:
             _send_request(connection, request)
             if not connection.stream.pending:
                 _wait_for_response(connection, request.client_socket)
-            head = read_response_head(connection, request.method)
+            head = read_response_head(connection, request.method, request.upgrade is not None)
         except BaseException as error:
             pool.discard(connection)
             raise _translate(error) from None
@@ -158,17 +165,23 @@ class Forwarder:
         )
 
 
-def read_response_head(connection: UpstreamConnection, method: str) -> ResponseHead:
+def read_response_head(
+    connection: UpstreamConnection, method: str, upgrading: bool = False
+) -> ResponseHead:
     """The final response's head; interim 1xx responses are read and dropped.
 
-    NoResponse when the connection ends before any byte (a stale connection);
-    ProtocolError for anything that is not a valid HTTP/1.1 response head.
+    ``101 Switching Protocols`` is final, and only for a request that asked
+    for an upgrade (``upgrading``). NoResponse when the connection ends before
+    any byte (a stale connection); ProtocolError for anything that is not a
+    valid HTTP/1.1 response head.
     """
     stream = connection.stream
     for interim in range(MAX_INTERIM + 1):
         text = _read_head(stream, first=interim == 0)
         head = parse_response_head(text, method)
         if head.status == 101:
+            if upgrading:
+                return head
             raise ProtocolError("101 Switching Protocols to a request that asked for none")
         if not head.interim:
             return head

@@ -54,6 +54,7 @@ class UpstreamResponse:
         self.upstream_time = upstream_time
         self.bytes_sent = 0
         self.lease = None  # the host's place in flight (app/traffic/routing.py)
+        self.dedicated = False  # a tunnel's connection: never pooled
         self.on_close: Callable[[], None] | None = None  # the request's end
         # Called when the body breaks off: the upstream's fault counts against it.
         self.on_failure: Callable[[], None] | None = None
@@ -129,7 +130,8 @@ class UpstreamResponse:
         """The connection is proven clean: the response was read exactly to its end
         with nothing beyond it, and the upstream keeps it open."""
         return (
-            self._complete
+            not self.dedicated
+            and self._complete
             and self.reader.done
             and self.head.keep_alive
             and not self.connection.buffered()

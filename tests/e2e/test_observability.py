@@ -139,6 +139,7 @@ FIELDS = {
     "connect_ms",
     "upstream_ms",
     "retries",
+    "tunnel_close",
 }
 
 
@@ -168,6 +169,7 @@ def test_access_log_lines_are_json_with_every_field(mock, tmp_path):
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     by_uri = {line["uri"]: line for line in lines}
     assert all(set(line) == FIELDS for line in lines)
+    assert all(line["tunnel_close"] is None for line in lines)  # no tunnel among them
 
     ok = by_uri["/ok?x=1"]
     assert ok["request_id"] == "req-1" and ok["client"] == "127.0.0.1"

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from websockets.sync.client import connect
 
 from devkit import lbproxy
 from devkit.certs import make_ca, make_leaf
 from devkit.processes import free_port, port_open
-from tests.processes import start_mock
+from tests.processes import start_mock, start_ws_upstream
 
 LOOPBACK = "127.0.0.1"
 
@@ -104,7 +105,9 @@ def upstreams(pki):
     sni = SniEcho(
         {"one.internal": _leaf(pki, "one.internal"), "two.internal": _leaf(pki, "two.internal")}
     )
-    yield {"plain": plain, "secure": secure, "sni": sni}
+    ws = start_ws_upstream("tls-ws")
+    yield {"plain": plain, "secure": secure, "sni": sni, "ws": ws}
+    ws.stop()
     plain.stop()
     secure.stop()
     sni.stop()
@@ -134,6 +137,7 @@ def write_tls_config(directory: Path, pki, upstreams, certificates=None) -> dict
     ca = str(pki["ca"].cert)
     services = [
         {"name": "web", "domain": "a.test", "hosts": host("plain")},
+        {"name": "chat", "domain": "chat.wild.test", "hosts": host("ws")},
         {"name": "bee", "domain": "b.test", "hosts": host("plain")},
         {
             "name": "secure",
@@ -334,6 +338,17 @@ def test_pipelining_behind_a_slow_response_over_tls(proxy, pki):
     _, head, body, _ = https(proxy, pki, "a.test", raw=raw)
     assert head.startswith("HTTP/1.1 200")
     assert body.count(b"HTTP/1.1 200") == 1 and b'"path": "/second"' in body
+
+
+def test_a_websocket_tunnel_works_over_tls(proxy, pki):
+    context = client_context(pki)
+    plain = socket.create_connection((LOOPBACK, proxy.tls_port), timeout=5)
+    url = f"wss://chat.wild.test:{proxy.tls_port}/room?x=1"
+    with connect(url, sock=plain, ssl=context, open_timeout=5, compression=None) as ws:
+        ws.send("over tls")
+        assert ws.recv(timeout=5) == "over tls"
+        ws.send("whoami")
+        assert json.loads(ws.recv(timeout=5))["proto"] == "https"
 
 
 # --- https upstreams -----------------------------------------------------------------

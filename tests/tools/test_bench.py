@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from app.config import parse_config
-from bench import harness, load, peers, report, tls
+from bench import harness, load, peers, report, tls, wsload
 from bench.__main__ import parse_args
 from devkit import processes
 
@@ -132,7 +132,7 @@ def test_full_plan_covers_every_peer_and_scaling_case():
     assert options.full
     sessions = {peer.name: cases for peer, cases in harness.plan(options)}
     assert set(sessions) == set(peers.PEERS)
-    for name in set(peers.PEERS) - {"lbproxy-2w-10k", *tls.PEERS}:
+    for name in set(peers.PEERS) - {"lbproxy-2w-10k", *tls.PEERS, *report.WS_PEERS}:
         assert {c.connections for c in sessions[name] if c.section == "main"} == {1, 100, 400}
         assert not any(c.tls for c in sessions[name])
     for name in tls.PEERS:
@@ -142,7 +142,7 @@ def test_full_plan_covers_every_peer_and_scaling_case():
     bodies = [c.path for c in sessions["lbproxy-2w"] if c.section == "bodies"]
     assert bodies == ["/100k", "/1m"]
     assert [c.section for c in sessions["lbproxy-2w-10k"]] == ["domains"]
-    assert harness.estimate_seconds(options) < 420
+    assert harness.estimate_seconds(options) < 480
 
 
 def test_lbproxy_configs_are_valid_with_3_and_10000_domains():
@@ -383,3 +383,124 @@ def test_report_compares_tls_cases_with_haproxy_over_tls():
     assert handshake + " 1,500 | 1,500 | 75.0% |" in table
     notes = "\n".join(report.tls_notes(data))
     assert "+400 µs" in notes and "resumed 20 of 20" in notes
+
+
+# --- the websocket section ------------------------------------------------------
+
+
+def test_websocket_section_plan_and_load():
+    options = harness.Options(sections=("websocket",))
+    sessions = harness.plan(options)
+    assert [peer.name for peer, _ in sessions] == list(report.WS_PEERS)
+    for peer, cases in sessions:
+        assert peer.ws and peer.name in report.WS_PEERS
+        assert [(c.section, c.connections) for c in cases] == [("websocket", 1), ("websocket", 50)]
+    lbproxy = peers.PEERS["ws-lbproxy-2w"]
+    assert (lbproxy.workers, lbproxy.features, lbproxy.domains) == (2, True, 1)
+    # Its time in a full run, and the smoke run stays without it.
+    full = harness.Options()
+    without = harness.Options(sections=tuple(s for s in harness.SECTIONS if s != "websocket"))
+    assert harness.estimate_seconds(full) - harness.estimate_seconds(without) < 60
+    smoke = parse_args(["--smoke"])
+    assert not any(peer.ws for peer, _ in harness.plan(smoke))
+    assert parse_args(["--sections", "websocket"]).sections == ("websocket",)
+    args = harness.load_spec(harness.ws_cases()[1], 18080, 4, Path("/unused")).args()
+    assert args[:3] == [sys.executable, "-m", "bench.wsload"]
+    assert args[args.index("--connections") + 1] == "50"
+    assert args[args.index("--processes") + 1] == "2" and args[args.index("--port") + 1] == "18080"
+    assert harness.load_spec(harness.ws_cases()[0], 1, 4, Path("/unused")).processes == 1
+    assert wsload.split(50, 2) == [25, 25] and wsload.split(1, 2) == [1]
+
+
+def test_nginx_websocket_config_passes_nginx_check(tmp_path):
+    home = tmp_path / "ws-nginx"
+    extra = {"admin_port": 18081, "statsd_port": 18083, "on_env": {}, "off_env": {}}
+    launch = peers.launch(peers.PEERS["ws-nginx"], home, 18080, 18090, extra)
+    text = (home / "nginx.conf").read_text()
+    for line in (
+        "proxy_pass http://127.0.0.1:18090;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        'proxy_set_header Connection "upgrade";',
+        "proxy_set_header Host $host;",
+        "proxy_read_timeout 300s;",
+        "worker_processes 2;",
+        "listen 127.0.0.1:18080 ",
+    ):
+        assert line in text, line
+    assert launch.notes["config"] == text
+    assert launch.args[:2] == ["/usr/sbin/nginx", "-p"]
+    if Path("/usr/sbin/nginx").exists():  # nginx's own check, with the run's prefix
+        done = subprocess.run(
+            [*launch.args, "-t"], capture_output=True, text=True, timeout=30
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    # lbproxy: one service, the echo upstream as its host; the "on" variant.
+    lbproxy = peers.launch(peers.PEERS["ws-lbproxy-2w"], tmp_path / "l", 18082, 18090, extra)
+    config = parse_config((tmp_path / "l" / "proxy.yaml").read_text())
+    [service] = config.services
+    assert service.domain == peers.BENCH_DOMAIN and {h.port for h in service.hosts} == {18090}
+    assert (
+        lbproxy.env["PROXY_WORKERS"] == "2"
+        and "--access-logfile" in lbproxy.env["GUNICORN_CMD_ARGS"]
+    )
+    echo = peers.ws_echo(18090)
+    assert echo.args[1:] == ["-m", "tests.ws_upstream", "--port", "18090"] and echo.cwd == REPO
+
+
+def test_wsload_results_are_merged_and_parsed():
+    parts = [
+        {"latencies_us": [300, 100, 200], "errors": {"connect": 0, "read": 1, "write": 0,
+                                                      "status": 0, "timeout": 0}},
+        {"latencies_us": [400], "errors": {"connect": 2, "read": 0, "write": 0, "status": 1,
+                                           "timeout": 1}},
+    ]  # fmt: skip
+    result = wsload.summarise(parts, 2)
+    assert result["requests"] == 4 and result["duration_us"] == 2_000_000
+    assert result["bytes"] == 4 * wsload.MESSAGE_BYTES and result["processes"] == 2
+    assert result["errors"] == {"connect": 2, "read": 1, "write": 0, "status": 1, "timeout": 1}
+    latency = result["latency_us"]
+    assert (latency["min"], latency["p50"], latency["p99"], latency["max"]) == (100, 200, 400, 400)
+    assert latency["mean"] == 250
+    parsed = wsload.parse("noise\n" + wsload.MARKER + json.dumps(result) + "\n")
+    assert parsed["rps"] == 2 and parsed["mb_per_s"] == pytest.approx(64e-6)
+    assert load.WsLoad(1, 50, 2).parse(wsload.MARKER + json.dumps(result)) == parsed
+    empty = wsload.parse(wsload.MARKER + json.dumps(wsload.summarise([], 2)))
+    assert empty["requests"] == 0 and empty["rps"] == 0 and empty["latency_us"]["p99"] == 0
+    with pytest.raises(ValueError):
+        wsload.parse("Traceback (most recent call last):\n")
+
+
+def test_report_compares_websocket_with_nginx_and_direct():
+    def row(peer, conns, rps, p50, p99, cpu):
+        return _row(peer, conns, rps, cpu, section="websocket") | {
+            "path": "/", "latency_us": {"p50": p50, "p99": p99}
+        }  # fmt: skip
+
+    data = {
+        "results": [
+            _row("haproxy", 1, 9000, 20.0),
+            row("ws-direct", 1, 4000, 200, 900, 80.0),
+            row("ws-lbproxy-2w", 1, 2500, 350, 1500, 110.0),
+            row("ws-nginx", 1, 3000, 250, 1000, 35.0),
+            row("ws-lbproxy-2w", 50, 6000, 7000, 20000, 90.0),
+            row("ws-nginx", 50, 5000, 8000, 30000, 30.0),
+        ],
+        "sessions": [
+            {"peer": name, "label": name, "kind": "x"}
+            for name in ("haproxy", "ws-direct", "ws-lbproxy-2w", "ws-nginx")
+        ],
+    }
+    report.derive(data)
+    assert set(data["summary"]) == {"haproxy"}  # the ws peers have their own summary
+    ws = data["ws_summary"]
+    assert ws["ws-lbproxy-2w"]["1"]["ratio_nginx"] == pytest.approx(2500 / 3000)
+    assert ws["ws-lbproxy-2w"]["1"]["added_p50_ms"] == pytest.approx(0.15)
+    assert ws["ws-lbproxy-2w"]["1"]["added_p99_ms"] == pytest.approx(0.6)
+    assert ws["ws-lbproxy-2w"]["50"]["ratio_nginx"] == pytest.approx(1.2)
+    assert ws["ws-lbproxy-2w"]["50"]["added_p50_ms"] is None  # no direct row at 50 here
+    assert ws["ws-direct"]["1"]["added_p50_ms"] is None
+    assert all(r.get("ratio_haproxy") is None for r in data["results"] if r["peer"] != "haproxy")
+    table = "\n".join(report.ws_table(data))
+    assert "messages/s" in table.splitlines()[0]
+    assert "| ws-lbproxy-2w | 1 | 2,500 | 83.3% | 0.350 | 1.50 | +0.150 / +0.600 |" in table

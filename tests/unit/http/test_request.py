@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from app.errors import BadRequest, ClientAbort, MethodNotAllowed
 from app.http.framing import ProtocolError, split_target
-from app.http.request import domain_of, parse_request, raw_target
+from app.http.headers import upstream_headers
+from app.http.request import domain_of, parse_request, raw_target, tunnelled_upgrade
 from tests import wsgi_env
 
 
@@ -158,3 +159,32 @@ def test_origin_form_targets_pass_unchanged(path, query):
 @given(st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9]{1,10}){0,3}", fullmatch=True), pchar)
 def test_absolute_form_keeps_path_bytes(host, path):
     assert split_target(f"http://{host}/{path}") == (f"/{path}", host)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ([("Connection", "Upgrade"), ("Upgrade", "websocket")], "websocket"),
+        ([("Connection", "keep-alive, upgrade"), ("Upgrade", "WebSocket")], "websocket"),
+        ([("Upgrade", "websocket")], None),  # no Connection: upgrade
+        ([("Connection", "upgrade"), ("Upgrade", "h2c")], None),  # h2c is never tunnelled
+        ([("Connection", "upgrade")], None),
+        ([("Connection", "close"), ("Upgrade", "websocket")], None),
+    ],
+)
+def test_which_upgrades_are_tunnelled(fields, expected):
+    assert tunnelled_upgrade(fields) == expected
+
+
+def test_a_tunnelled_upgrade_keeps_upgrade_and_connection_upstream():
+    fields = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "abc"),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    headers = dict(upstream_headers(fields, "h", "1.2.3.4", "http", upgrade="websocket"))
+    assert headers["Upgrade"] == "websocket" and headers["Connection"] == "Upgrade"
+    assert headers["Sec-WebSocket-Key"] == "abc"
+    plain = dict(upstream_headers(fields, "h", "1.2.3.4", "http"))
+    assert "Upgrade" not in plain and "Connection" not in plain

@@ -220,3 +220,23 @@ def test_an_unresolvable_host_turns_metrics_off_without_failing():
 
 def test_names_are_graphite_safe():
     assert safe("my.service:1/x") == "my_service_1_x"
+
+
+def test_a_tunnel_counts_opened_closed_by_reason_and_bytes(sink):
+    from app.observe.record import Record
+
+    metrics = Metrics(Statsd(host="127.0.0.1", port=sink.getsockname()[1], prefix="lb.test"))
+    metrics.tunnel_opened("chat")
+    record = Record("id")
+    record.service, record.status, record.tunnel_close = "chat", 101, "idle"
+    record.bytes_in, record.bytes_out = 10, 250
+    record.finish()
+    metrics.request_done(record)
+    metrics.tunnel_closed(record)
+    metrics.flush()
+    got = datagram(sink)
+    assert got["lb.test.chat.tunnels.opened"] == (1, "c")
+    assert got["lb.test.chat.tunnels.closed.idle"] == (1, "c")
+    assert got["lb.test.chat.tunnels.bytes_in"] == (10, "c")
+    assert got["lb.test.chat.tunnels.bytes_out"] == (250, "c")
+    assert got["lb.test.chat.status.1xx"] == (1, "c")
