@@ -124,9 +124,7 @@ class WsLoad:
         ]  # fmt: skip
 
     def parse(self, output: str) -> dict:
-        from bench import wsload
-
-        return wsload.parse(output)
+        return parse(output, "wsload")
 
 
 Spec = Load | H2Load | WsLoad
@@ -147,8 +145,9 @@ def start(load: Spec, log: Path) -> subprocess.Popen:
         )
 
 
-def parse(output: str) -> dict:
-    """The JSON line of report.lua, with requests/s and MB/s added."""
+def parse(output: str, tool: str = "wrk") -> dict:
+    """The BENCH-JSON line a load tool printed (report.lua for wrk, bench/wsload.py),
+    with requests/s (messages/s for wsload) and MB/s added."""
     for line in output.splitlines():
         if line.startswith(MARKER):
             result = json.loads(line[len(MARKER) :])
@@ -156,7 +155,7 @@ def parse(output: str) -> dict:
             result["rps"] = result["requests"] / seconds if seconds else 0.0
             result["mb_per_s"] = result["bytes"] / seconds / 1e6 if seconds else 0.0
             return result
-    raise ValueError(f"no {MARKER.strip()} line in wrk output:\n{output[-2000:]}")
+    raise ValueError(f"no {MARKER.strip()} line in {tool} output:\n{output[-2000:]}")
 
 
 _REQUESTS = re.compile(

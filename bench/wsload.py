@@ -31,7 +31,8 @@ import subprocess
 import sys
 import time
 
-MARKER = "BENCH-JSON "
+from bench.load import MARKER  # the line load.parse reads
+
 HOST = "bench.test"
 MESSAGE_BYTES = 32
 PAYLOAD = "x" * MESSAGE_BYTES
@@ -129,18 +130,6 @@ def summarise(parts: list[dict], seconds: float) -> dict:
         "message_bytes": MESSAGE_BYTES,
         "processes": len(parts),
     }
-
-
-def parse(output: str) -> dict:
-    """The BENCH-JSON line of the client's output, with messages/s (rps) and MB/s added."""
-    for line in output.splitlines():
-        if line.startswith(MARKER):
-            result = json.loads(line[len(MARKER) :])
-            seconds = result["duration_us"] / 1e6
-            result["rps"] = result["requests"] / seconds if seconds else 0.0
-            result["mb_per_s"] = result["bytes"] / seconds / 1e6 if seconds else 0.0
-            return result
-    raise ValueError(f"no {MARKER.strip()} line in wsload output:\n{output[-2000:]}")
 
 
 def split(connections: int, processes: int) -> list[int]:

@@ -462,13 +462,13 @@ def test_wsload_results_are_merged_and_parsed():
     latency = result["latency_us"]
     assert (latency["min"], latency["p50"], latency["p99"], latency["max"]) == (100, 200, 400, 400)
     assert latency["mean"] == 250
-    parsed = wsload.parse("noise\n" + wsload.MARKER + json.dumps(result) + "\n")
+    parsed = load.parse("noise\n" + wsload.MARKER + json.dumps(result) + "\n", "wsload")
     assert parsed["rps"] == 2 and parsed["mb_per_s"] == pytest.approx(64e-6)
     assert load.WsLoad(1, 50, 2).parse(wsload.MARKER + json.dumps(result)) == parsed
-    empty = wsload.parse(wsload.MARKER + json.dumps(wsload.summarise([], 2)))
+    empty = load.parse(wsload.MARKER + json.dumps(wsload.summarise([], 2)), "wsload")
     assert empty["requests"] == 0 and empty["rps"] == 0 and empty["latency_us"]["p99"] == 0
     with pytest.raises(ValueError):
-        wsload.parse("Traceback (most recent call last):\n")
+        load.parse("Traceback (most recent call last):\n", "wsload")
 
 
 def test_report_compares_websocket_with_nginx_and_direct():
