@@ -89,6 +89,13 @@ class TooManyTunnels(Overloaded):
     message = "too many WebSocket tunnels open for this service; retry shortly"
 
 
+class WorkerStopping(Overloaded):
+    """A tunnel asked of a worker that is stopping: the client retries on another."""
+
+    kind = "worker_stopping"
+    message = "this worker is stopping; retry the upgrade"
+
+
 class UpstreamConnectError(ProxyError):
     status = "502 Bad Gateway"
     kind = "connect_error"

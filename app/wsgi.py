@@ -29,8 +29,10 @@ from app.errors import (
     BadRequest,
     ProxyError,
     UpstreamConnectError,
+    UpstreamFramingError,
     UpstreamProtocolError,
     UpstreamTimeout,
+    WorkerStopping,
 )
 from app.http.framing import send_all
 from app.http.request import TAKE_BUFFERED_KEY, ProxyRequest, parse_request
@@ -69,6 +71,7 @@ class Proxy:
         self.metrics = Metrics(statsd_settings(config.statsd))
         self.end = RequestEnd(self.metrics)
         self.tunnels: set[Tunnel] = set()  # open in this worker, for close_tunnels
+        self.stopping = False  # close_tunnels was called: no tunnel outlives it
         warn_unverified(config.services)
 
     def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
@@ -88,19 +91,27 @@ class Proxy:
             return self.admin(environ, start_response)
         record = Record(request_id(environ.get("HTTP_X_REQUEST_ID")))
         request = route = None
+        tunnel_place = False  # a place taken under max_tunnels, to give back on failure
         try:
             request = parse_request(environ, self.max_body_size, record.request_id)
             route = self.router.route(request.domain)
             record.service = route.service.name
             if request.upgrade is not None:
+                if self.stopping:
+                    raise WorkerStopping(route.service.name)
                 route.admit_tunnel()
+                tunnel_place = True
             response = self.forward(route, request, record)
         except ProxyError as error:
-            if request is not None and request.upgrade is not None and route is not None:
+            if tunnel_place:
                 route.release_tunnel()
             return self.refuse(error, start_response, record, request, environ)
+        except BaseException:
+            if tunnel_place:
+                route.release_tunnel()
+            raise
         if response.status == 101:
-            return self.tunnel(route, request, record, environ, response)
+            return self.tunnel(route, request, record, environ, response, start_response)
         record.upstream_status = response.status
         record.connect_time = response.connect_time
         record.upstream_time = response.upstream_time
@@ -118,13 +129,25 @@ class Proxy:
         record.bytes_out = bytes_sent
         self.end(record, environ)
 
-    def tunnel(self, route: Route, request: ProxyRequest, record: Record, environ, response):
+    def tunnel(
+        self, route: Route, request: ProxyRequest, record: Record, environ, response, start_response
+    ):
         """The upstream switched protocols: copy bytes both ways until the tunnel
-        ends (app/upstream/tunnel.py), then tell the server the connection is done."""
+        ends (app/upstream/tunnel.py), then tell the server the connection is done.
+
+        A tunnel is bounded by ``max_tunnels``, not by the circuit breaker: its
+        host's in-flight place is given back at once.
+        """
+        response.lease.release()
+        connection = response.connection
+        if _switched_to(response.head) != request.upgrade:
+            connection.close()
+            route.release_tunnel()
+            error = UpstreamFramingError(f"101 to another protocol than {request.upgrade}")
+            return self.refuse(error, start_response, record, request, environ)
         record.upstream_status = record.status = 101
         record.connect_time = response.connect_time
         record.upstream_time = response.upstream_time
-        connection = response.connection
         head = _switching_head(response.head).encode("latin-1")
         early_up = environ.get(TAKE_BUFFERED_KEY, bytes)()  # the client's bytes past its request
         early_down, connection.stream.pending = connection.stream.pending, b""
@@ -132,15 +155,17 @@ class Proxy:
         self.tunnels.add(tunnel)
         self.metrics.tunnel_opened(route.service.name)
         try:
-            send_all(request.client_socket, head)
+            if self.stopping:
+                tunnel.close("shutdown")  # the worker stopped while this one was opening
+            else:
+                send_all(request.client_socket, head)
             record.tunnel_close = tunnel.run(early_up, early_down)
         except OSError:
-            record.tunnel_close = "client"
-            tunnel.close("client")
+            tunnel.close("client")  # the 101 head could not be sent
+            record.tunnel_close = tunnel.reason
         finally:
             self.tunnels.discard(tunnel)
             route.release_tunnel()
-            response.lease.release()
             connection.close()
             record.bytes_in = tunnel.sent["upstream"]
             record.bytes_out = len(head) + tunnel.sent["client"]
@@ -148,7 +173,9 @@ class Proxy:
         return ALREADY_HANDLED
 
     def close_tunnels(self) -> None:
-        """The worker is stopping: every tunnel ends now (reason ``shutdown``)."""
+        """The worker is stopping: every tunnel ends now (reason ``shutdown``),
+        and one still opening ends as soon as it opens."""
+        self.stopping = True
         for tunnel in list(self.tunnels):
             tunnel.close("shutdown")
 
@@ -273,6 +300,14 @@ class ErrorBody:
         on_close, self.on_close = self.on_close, None
         if on_close is not None:
             on_close()
+
+
+def _switched_to(head) -> str | None:
+    """The protocol a 101 switched to (its Upgrade's first token), lower-case."""
+    for name, value in head.headers:
+        if name.lower() == "upgrade":
+            return value.split(",")[0].strip().split("/")[0].lower()
+    return None
 
 
 def _switching_head(head) -> str:

@@ -75,8 +75,8 @@ def upstream_headers(
     ``Host`` first (the client's, or an absolute-form target's authority), the
     client fields minus hop-by-hop ones and those the proxy sets, then
     X-Forwarded-For (the client appended to what it said), -Proto, -Host and
-    X-Request-Id. For a tunnelled upgrade (``upgrade``: the protocol), the
-    client's ``Upgrade`` and a ``Connection: Upgrade`` go too. A name with
+    X-Request-Id. For a tunnelled upgrade (``upgrade``: the protocol), an
+    ``Upgrade`` naming only that protocol and a ``Connection: Upgrade`` go too. A name with
     ``_`` is dropped, as nginx (``underscores_in_headers off``) and gunicorn
     do: WSGI maps ``-`` and ``_`` to one key, so an upstream could take it for
     another header.
@@ -90,12 +90,11 @@ def upstream_headers(
             dropped = dropped | connection_tokens(value)
         elif lower == "x-forwarded-for":
             forwarded_for.append(value)
-    if upgrade is not None:
-        dropped = dropped - {"upgrade"}
     headers = [("Host", host)]
     headers += [(n, v) for n, v in fields if n.lower() not in dropped and "_" not in n]
     if upgrade is not None:
-        headers.append(("Connection", "Upgrade"))
+        # Exactly the protocol lbproxy tunnels, whatever else the client offered.
+        headers += [("Upgrade", upgrade), ("Connection", "Upgrade")]
     forwarded_for.append(client)
     headers += [
         ("X-Forwarded-For", ", ".join(forwarded_for)),

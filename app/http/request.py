@@ -116,7 +116,7 @@ def tunnelled_upgrade(fields) -> str | None:
         if lower == "connection":
             connection = f"{connection},{value}" if connection else value
         elif lower == "upgrade":
-            upgrade = value
+            upgrade = f"{upgrade},{value}" if upgrade else value
     if connection is None or upgrade is None or "upgrade" not in connection_tokens(connection):
         return None
     first = upgrade.split(",")[0].strip().split("/")[0].lower()

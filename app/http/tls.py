@@ -63,15 +63,30 @@ def _certificate_context(certificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
 
 
 def handshake(context: ssl.SSLContext, client, timeout: float):
-    """The client's TLS socket once the handshake is done, or None (the client is closed)."""
+    """The client's TLS socket once the handshake is done, or None (the client is closed).
+
+    ``timeout`` bounds the whole handshake, not only each read: a client
+    dripping its ClientHello a byte at a time is cut at the same deadline.
+    """
+    import gevent
+
     client.settimeout(timeout)
+    deadline = gevent.Timeout(timeout, TimeoutError("the TLS handshake took too long"))
+    deadline.start()
+    tls = None
     try:
         tls = context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         tls.do_handshake()
     except (OSError, ValueError) as error:  # ssl.SSLError and timeouts are OSErrors
         log.debug("lbproxy: TLS handshake failed: %s", error)
-        client.close()
+        # The TLS socket took the connection over: closing only the plain one
+        # would leave it open for as long as anything refers to it.
+        for sock in (tls, client):
+            if sock is not None:
+                sock.close()
         return None
+    finally:
+        deadline.close()
     return tls
 
 

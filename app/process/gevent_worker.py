@@ -56,7 +56,13 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
             handle = functools.partial(self.serve_tls, server_context(tls), listener, handle)
         server = StreamServer(listener, handle=handle, spawn=spawn, **ssl)
         server.max_accept = ACCEPT_BATCH
+        self.servers.append(server)
         return server
+
+    @functools.cached_property
+    def servers(self) -> list:
+        """The gevent servers of this worker (server_class made them)."""
+        return []
 
     def handler_for(self, listener, environ: dict):
         return functools.partial(self.handle, listener)  # gunicorn's AsyncWorker.handle
@@ -95,10 +101,14 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
     def handle_exit(self, sig, frame):
         """SIGTERM (a stop, or a reload's old worker): tunnels end now, as a
         reload cuts them (docs/websocket.md); requests in flight finish."""
+        import gevent
+
+        # Stop accepting now rather than at gunicorn's next 1 s tick: new
+        # connections (and tunnels) go to the workers that stay.
+        for server in self.servers:
+            gevent.spawn(server.close)
         close_tunnels = getattr(self.wsgi, "close_tunnels", None)
         if close_tunnels is not None:
-            import gevent
-
             gevent.spawn(close_tunnels)
         super().handle_exit(sig, frame)
 

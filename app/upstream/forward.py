@@ -103,7 +103,10 @@ class Forwarder:
             # A tunnel gets a connection of its own, never a pooled one, and
             # never goes back to the pool (UpstreamResponse.dedicated).
             connection = self._connect(pool, attempt, timeout)
-            response = self._exchange(pool, connection, attempt, request, timeout, deadline)
+            try:
+                response = self._exchange(pool, connection, attempt, request, timeout, deadline)
+            except _STALE_CONNECTION:  # a fresh connection: the upstream's failure
+                raise UpstreamProtocolError("connection closed by the upstream") from None
             response.dedicated = True
             return response
         connection = self._checkout(pool, attempt, timeout)

@@ -2,27 +2,33 @@
 
 As HAProxy tunnels an upgrade with no extra config: the upstream's 101 head
 goes to the client as it came, any bytes either side sent early go first, then
-one greenlet per direction copies until both sides are done. A half-close is
-passed on (``shutdown(SHUT_WR)``); no byte either way for ``timeout.tunnel_idle``
-closes both sides. The upstream connection is the tunnel's own (never pooled,
-never retried once 101 was sent).
+one greenlet per direction copies until both sides are done. The upstream
+connection is the tunnel's own (never pooled, never retried once 101 was sent).
+
+- ``timeout.tunnel_idle`` with no byte either way closes a tunnel. Reads and
+  sends wait up to that long: a peer slow to read holds its direction back
+  for up to ``tunnel_idle`` before it counts as gone. (A wait is never done on
+  the raw file descriptor: gevent cannot close a socket under such a watcher.)
+- A half-close (EOF from one side) is passed on with ``shutdown(SHUT_WR)`` on a
+  plain socket. A TLS socket is never shut down halfway (that would drop its
+  TLS layer, and ciphertext would flow as data): that direction just ends and
+  the other one goes on until its own end or the idle limit.
 
 Each tunnel ends with one reason: ``client`` or ``upstream`` (that side closed
 or failed first), ``idle``, or ``shutdown`` (the worker is stopping:
-``close_all``).
+``close``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import time
 
 from app.http.framing import send_all
 
 CHUNK = 64 * 1024
-# How often a quiet direction wakes up to look at the idle limit and the worker.
-TICK = 1.0
 
 
 class Tunnel:
@@ -39,13 +45,13 @@ class Tunnel:
         """Copy both ways until both directions end; return the close reason."""
         import gevent
 
-        try:
-            if to_upstream:
-                self._deliver("upstream", to_upstream)
-            if to_client:
-                self._deliver("client", to_client)
-        except OSError:
-            self._end("upstream" if to_upstream else "client")
+        if self.finished:
+            return self.reason or "shutdown"
+        for sock in self.sockets.values():
+            sock.settimeout(self.idle_timeout)
+        for target, data in (("upstream", to_upstream), ("client", to_client)):
+            if data and not self._deliver_or_end(target, data):
+                break
         else:
             pumps = [
                 gevent.spawn(self._pump, "client", "upstream"),
@@ -59,41 +65,46 @@ class Tunnel:
     def close(self, reason: str) -> None:
         """End the tunnel from outside (``shutdown``): both sockets are closed."""
         self._end(reason)
-        self._close()
 
     def _pump(self, source: str, target: str) -> None:
         src = self.sockets[source]
         while not self.finished:
-            src.settimeout(min(TICK, self.idle_timeout))
             try:
                 data = src.recv(CHUNK)
             except TimeoutError:
+                # Quiet this way for tunnel_idle; the other way may not have been.
                 if time.monotonic() - self.last_activity >= self.idle_timeout:
                     self._end("idle")
                 continue
-            except OSError:
+            except (OSError, ValueError):
                 self._end(source)
                 return
             if not data:
                 self._half_close(source, target)
                 return
-            try:
-                self._deliver(target, data)
-            except OSError:
-                self._end(target)
+            if not self._deliver_or_end(target, data):
                 return
 
-    def _deliver(self, target: str, data: bytes) -> None:
-        send_all(self.sockets[target], data)
+    def _deliver_or_end(self, target: str, data: bytes) -> bool:
+        try:
+            send_all(self.sockets[target], data)
+        except (OSError, ValueError):
+            self._end(target)
+            return False
         self.sent[target] += len(data)
         self.last_activity = time.monotonic()
+        return True
 
     def _half_close(self, source: str, target: str) -> None:
-        """``source`` finished sending: tell ``target``; the other way goes on."""
+        """``source`` finished sending: tell ``target`` if it can be told; the
+        other direction goes on."""
         if self.reason is None:
             self.reason = source  # the side that closed first ends the tunnel's story
+        sock = self.sockets[target]
+        if isinstance(sock, ssl.SSLSocket):
+            return  # never half of a TLS connection (module docstring)
         try:
-            self.sockets[target].shutdown(socket.SHUT_WR)
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._end(target)
 

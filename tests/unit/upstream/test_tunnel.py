@@ -65,3 +65,21 @@ def test_close_from_outside_is_a_shutdown():
     tunnel.close("shutdown")
     assert runner.get(timeout=5) == "shutdown"
     assert client.recv(10) == b""
+
+
+def test_a_client_slow_to_read_holds_its_direction_back_but_the_tunnel_lives():
+    """Backpressure is not an end: only tunnel_idle of silence is."""
+    client, client_near, upstream_near, upstream = pairs()
+    tunnel = Tunnel(client_near, upstream_near, idle_timeout=5)
+    runner = gevent.spawn(tunnel.run)
+    payload = b"x" * (4 * 1024 * 1024)  # far more than the socket buffers hold
+    writer = gevent.spawn(upstream.sendall, payload)
+    gevent.sleep(2)  # the client reads nothing for longer than a second
+    received = 0
+    while received < len(payload):
+        received += len(client.recv(1 << 20))
+    writer.get(timeout=5)
+    assert tunnel.reason is None and not runner.ready()
+    client.close()
+    upstream.close()
+    assert runner.get(timeout=5) in ("client", "upstream")
