@@ -180,6 +180,21 @@ def percentile(ordered: list[int], pct: float) -> int:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def latency_summary(ordered: list[int]) -> dict:
+    """wrk's latency fields (µs) from a sorted list of durations: mean, stdev,
+    min, max and p50/p90/p99/p999 (all 0 when it is empty)."""
+    count = len(ordered)
+    mean = sum(ordered) / count if count else 0.0
+    stdev = math.sqrt(sum((d - mean) ** 2 for d in ordered) / count) if count else 0.0
+    return {
+        "mean": round(mean, 1),
+        "stdev": round(stdev, 1),
+        "min": ordered[0] if ordered else 0,
+        "max": ordered[-1] if ordered else 0,
+        **{f"p{str(pct).replace('.', '')}": percentile(ordered, pct) for pct in (50, 90, 99, 99.9)},
+    }
+
+
 def parse_h2load(output: str, log_lines: list[str], seconds: int) -> dict:
     """h2load's summary and per-request log as wrk's result fields.
 
@@ -197,26 +212,13 @@ def parse_h2load(output: str, log_lines: list[str], seconds: int) -> dict:
     total, started, done, succeeded, failed, errored, timeout = map(int, counts.groups())
     s2xx, s3xx, s4xx, s5xx = map(int, status.groups())
     durations = sorted(int(line.split("\t")[2]) for line in log_lines if line.count("\t") == 2)
-    mean = sum(durations) / len(durations) if durations else 0.0
-    stdev = (
-        math.sqrt(sum((d - mean) ** 2 for d in durations) / len(durations)) if durations else 0.0
-    )
     result = {
         "requests": done,
         "duration_us": seconds * 1_000_000,
         "bytes": int(traffic.group(1)),
         "errors": {"connect": 0, "read": errored, "write": 0, "status": s4xx + s5xx,
                    "timeout": timeout},
-        "latency_us": {
-            "mean": round(mean, 1),
-            "stdev": round(stdev, 1),
-            "min": durations[0] if durations else 0,
-            "max": durations[-1] if durations else 0,
-            **{
-                f"p{str(pct).replace('.', '')}": percentile(durations, pct)
-                for pct in (50, 90, 99, 99.9)
-            },
-        },
+        "latency_us": latency_summary(durations),
         "h2load": {"total": total, "started": started, "done": done, "succeeded": succeeded,
                    "failed": failed, "errored": errored, "timeout": timeout,
                    "status": {"2xx": s2xx, "3xx": s3xx, "4xx": s4xx, "5xx": s5xx},

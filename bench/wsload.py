@@ -26,25 +26,16 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import subprocess
 import sys
 import time
 
-from bench.load import MARKER  # the line load.parse reads
+from bench.load import MARKER, latency_summary  # MARKER: the line load.parse reads
 
 HOST = "bench.test"
 MESSAGE_BYTES = 32
 PAYLOAD = "x" * MESSAGE_BYTES
 START_DELAY_S = 1.0  # from the start to the window: interpreters up, connections open
-
-
-def percentile(ordered: list[int], pct: float) -> int:
-    """Nearest-rank percentile of a sorted list (0 when it is empty); as bench.load's."""
-    if not ordered:
-        return 0
-    rank = max(1, math.ceil(round(pct * len(ordered) / 100, 6)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def _errors() -> dict:
@@ -110,23 +101,12 @@ def summarise(parts: list[dict], seconds: float) -> dict:
         for key, count in part["errors"].items():
             errors[key] += count
     count = len(latencies)
-    mean = sum(latencies) / count if count else 0.0
-    stdev = math.sqrt(sum((v - mean) ** 2 for v in latencies) / count) if count else 0.0
     return {
         "requests": count,
         "duration_us": int(seconds * 1_000_000),
         "bytes": count * MESSAGE_BYTES,  # payload echoed back
         "errors": errors,
-        "latency_us": {
-            "mean": round(mean, 1),
-            "stdev": round(stdev, 1),
-            "min": latencies[0] if latencies else 0,
-            "max": latencies[-1] if latencies else 0,
-            **{
-                f"p{str(pct).replace('.', '')}": percentile(latencies, pct)
-                for pct in (50, 90, 99, 99.9)
-            },
-        },
+        "latency_us": latency_summary(latencies),
         "message_bytes": MESSAGE_BYTES,
         "processes": len(parts),
     }
