@@ -56,11 +56,6 @@ class ProxyRequest:
         """True until a body byte has been taken from the client."""
         return self.body is None or not self.body.started
 
-    @property
-    def replayable_always(self) -> bool:
-        """True when the request has no body: it can be sent again at any point."""
-        return self.body is None
-
 
 def parse_request(
     environ: dict, max_body_size: int | None = None, request_id: str = ""
