@@ -14,7 +14,7 @@ Environment (app/process/settings.py):
   STATSD_HOST/PORT/PREFIX   metrics target, over proxy.statsd (app/observe/metrics.py)
 """
 
-from app.process import settings
+from app.process import master, settings
 from app.process.master import load_or_keep
 
 _config = load_or_keep()
@@ -47,6 +47,20 @@ proc_name = "lbproxy"
 logger_class = "app.observe.accesslog.JsonAccessLogger"
 accesslog = settings.access_log()
 control_socket_disable = True  # one proxy per host path would collide; not used
+
+
+# The pod's shared area (app/traffic/shared.py), mapped before the first fork,
+# and a column of in-flight counts per worker.
+def on_starting(server):
+    master.start_area(server.cfg.workers)
+
+
+def pre_fork(server, worker):
+    master.assign_column(worker)
+
+
+def child_exit(server, worker):
+    master.free_column(worker)
 
 
 def post_worker_init(worker):

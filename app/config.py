@@ -473,6 +473,91 @@ class UpstreamTLS:
     )
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
+
+
+def token(what: str) -> Check:
+    def check(value: Any, where: str) -> str:
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            raise ConfigError(
+                where,
+                f"expected {what} (an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~),"
+                f" got {_describe(value)}",
+            )
+        return value
+
+    return check
+
+
+def hash_header(value: Any, where: str) -> str:
+    """A request header affinity can read: one that reaches the upstream as the client sent it."""
+    from app.http.headers import HOP_BY_HOP
+
+    value = token("a header name")(value, where)
+    if "_" in value:
+        raise ConfigError(where, "headers with _ are dropped (as nginx and gunicorn do): use -")
+    if value.lower() in HOP_BY_HOP | {"x-request-id", "host"}:
+        raise ConfigError(
+            where, f"{value} is the proxy's own or hop-by-hop: it cannot key affinity"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class AffinityCookie:
+    """Cookie insert (HAProxy's `cookie SRV insert indirect nocache`): a response
+    from another host than the client's cookie names sets one naming it."""
+
+    name: str = setting("lbproxy_affinity", token("a cookie name"), "the cookie's name")
+    ttl: int | None = setting(
+        None,
+        optional(integer(1, 10**9)),
+        "its `Max-Age` in seconds; none: a session cookie, gone when the browser closes",
+    )
+
+
+@dataclass(frozen=True)
+class AffinityHash:
+    """Consistent hashing (nginx's `hash $x consistent`): requests with the same
+    value go to the same host; exactly one of `header` or `cookie`."""
+
+    header: str | None = setting(None, optional(hash_header), "hash this request header's value")
+    cookie: str | None = setting(
+        None,
+        optional(token("a cookie name")),
+        "hash this cookie's value (the application's own cookie: it passes upstream)",
+    )
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """Session affinity (docs/affinity.md): exactly one of `cookie` or `hash`. A
+    request without the key, or whose host is out of rotation, tried or full,
+    is balanced by the strategy."""
+
+    cookie: AffinityCookie | None = setting(None, AffinityCookie, "cookie insert")
+    hash: AffinityHash | None = setting(None, AffinityHash, "consistent hashing")
+
+
+def affinity(value: Any, where: str) -> Affinity | None:
+    """A whole block: a service's ``affinity`` replaces the one of proxy.defaults
+    (merging a default ``cookie`` with a service's ``hash`` would give both);
+    ``null`` turns off the default's."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "cookie" in value and value["cookie"] is None:
+        value = {**value, "cookie": {}}  # `cookie:` with nothing: all its defaults
+    chosen = block(Affinity, value, where)
+    if (chosen.cookie is None) == (chosen.hash is None):
+        raise ConfigError(where, "expected exactly one of cookie or hash")
+    if chosen.hash is not None and (chosen.hash.header is None) == (chosen.hash.cookie is None):
+        raise ConfigError(f"{where}.hash", "expected exactly one of header or cookie")
+    return chosen
+
+
+affinity.block = Affinity  # documented as a block (app/config_reference.py)
+
+
 @dataclass(frozen=True)
 class Host:
     """One upstream host of a service; each is listed once."""
@@ -503,11 +588,14 @@ class Policy:
     outlier: Outlier = setting(Outlier(), Outlier, "passive health")
     health_check: HealthCheck | None = setting(None, HealthCheck, "active health checks")
     upstream_tls: UpstreamTLS | None = setting(None, UpstreamTLS, "https to the hosts")
+    affinity: Affinity | None = setting(
+        None, affinity, "session affinity: `cookie` or `hash`; a service's replaces the default"
+    )
     max_in_flight: int | None = setting(
         None,
         optional(integer(1, 10**6)),
-        "circuit breaker: requests in flight for the service, proxy-wide (each worker holds"
-        " `ceil(limit / workers)`); beyond it `503` with `Retry-After: 1`",
+        "circuit breaker: requests in flight for the service, counted over all the pod's"
+        " workers; beyond it `503` with `Retry-After: 1`",
     )
     max_tunnels: int | None = setting(
         None,
@@ -518,7 +606,7 @@ class Policy:
     max_in_flight_per_host: int | None = setting(
         None,
         optional(integer(1, 10**6)),
-        "the same, per host: a full host is skipped; all full gives `503`",
+        "the same, per host (pod-wide): a full host is skipped; all full gives `503`",
     )
 
 

@@ -32,6 +32,9 @@ SECTIONS = (
     ("outlier", config.Outlier),
     ("health_check", config.HealthCheck),
     ("upstream_tls", config.UpstreamTLS),
+    ("affinity", config.Affinity),
+    ("affinity.cookie", config.AffinityCookie),
+    ("affinity.hash", config.AffinityHash),
 )
 BLOCKS = {block: heading for heading, block in SECTIONS}
 
@@ -57,8 +60,9 @@ proxy:
 Every other key is optional. `proxy.defaults` takes any service key except
 `name`, `domain` and `hosts`; a service's keys left out come from it, key by
 key (a service setting only `timeout.read` keeps the default `connect`). The
-`timeout`, `retry`, `outlier`, `health_check` and `upstream_tls` blocks below are keys of
-`proxy.defaults` and of each service.
+`timeout`, `retry`, `outlier`, `health_check`, `upstream_tls` and `affinity`
+blocks below are keys of `proxy.defaults` and of each service (`affinity` is
+taken whole: a service's replaces the default's).
 
 Validation names the exact place and the reason, and lbproxy does not start
 (on a reload, the running config stays):
@@ -94,6 +98,7 @@ def _section(heading: str, block: type) -> str:
         default = "required" if spec.metadata["required"] else _default(spec.default)
         meaning = spec.metadata["doc"]
         nested = spec.metadata["check"]
+        nested = getattr(nested, "block", nested)  # a whole-block check (affinity)
         if nested in BLOCKS:
             meaning += f": see [`{BLOCKS[nested]}`](#{_anchor(BLOCKS[nested])})"
             default = "off" if spec.default is None else "as below"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from functools import partial
 
@@ -41,10 +42,11 @@ from app.observe.end import AccessLog, RequestEnd
 from app.observe.metrics import Metrics, statsd_settings
 from app.observe.record import Record, request_id
 from app.process import settings
-from app.process.master import active_config
+from app.process.master import active_config, active_zone
 from app.traffic.health import HealthChecker
 from app.traffic.retry import STATUS
 from app.traffic.routing import Route, Router
+from app.traffic.shared import ProberLock, Zone
 from app.upstream.forward import Forwarder
 from app.upstream.pool import Pools
 from app.upstream.response import UpstreamResponse
@@ -54,16 +56,18 @@ from app.upstream.tunnel import Tunnel
 
 log = logging.getLogger("gunicorn.error")
 
+PROBER_RETRY = 1.0  # seconds between a worker's tries to become the pod's prober
+
 
 class Proxy:
     def __init__(
         self,
         config: ProxyConfig,
         concurrency: int = settings.DEFAULT_WORKER_CONNECTIONS,
-        workers: int = 1,
+        zone: Zone | None = None,
     ):
         self.config = config
-        self.router = Router(config, workers, self._health_event)
+        self.router = Router(config, zone, self._health_event)
         self.admin = AdminApp(self.router)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
@@ -72,19 +76,44 @@ class Proxy:
         self.end = RequestEnd(self.metrics)
         self.tunnels: set[Tunnel] = set()  # open in this worker, for close_tunnels
         self.stopping = False  # close_tunnels was called: no tunnel outlives it
+        self.prober = ProberLock(self.router.zone.area)
+        self.checkers: list[HealthChecker] = []
         warn_unverified(config.services)
 
     def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
         """In a gevent worker: the access log, active health checks and the metrics gauges."""
         self.end.access_log = access_log
+        if any(service.health_check is not None for service in self.config.services):
+            spawn(self._probe_when_elected, spawn)
+        if self.metrics.enabled:
+            spawn(self._report_gauges)
+
+    def _probe_when_elected(self, spawn) -> None:
+        """Run the pod's health checks once this worker holds the prober lock
+        (app/traffic/shared.ProberLock); until then, try again every second."""
+        import gevent
+
+        while self.stopping or not self.prober.acquire():
+            if self.stopping:
+                return
+            gevent.sleep(PROBER_RETRY)
+        log.info("lbproxy: worker %d runs the pod's health checks", os.getpid())
         probe_session = make_session(len(self.config.hosts), 1)
         for service in self.config.services:
             if service.health_check is not None:
                 route = self.router.route(service.domain)
                 probes = Pools.from_session(probe_session)
-                HealthChecker(route.health, probes, spawn, route.upstream_tls).start()
-        if self.metrics.enabled:
-            spawn(self._report_gauges)
+                checker = HealthChecker(route.health, probes, spawn, route.upstream_tls)
+                checker.start()
+                self.checkers.append(checker)
+
+    def stop_probing(self) -> None:
+        """The worker is stopping: another worker takes the health checks over now."""
+        self.stopping = True
+        for checker in self.checkers:
+            checker.stop()
+        self.checkers = []
+        self.prober.release()
 
     def __call__(self, environ, start_response):
         if environ.get("SERVER_PORT") == self.admin_port:
@@ -115,6 +144,8 @@ class Proxy:
         record.upstream_status = response.status
         record.connect_time = response.connect_time
         record.upstream_time = response.upstream_time
+        if route.affinity is not None and response.status < 500:
+            _bind(route, request, response, environ)  # never to a host that just failed
         response.on_close = partial(self._end_proxied, record, environ, request, response)
         response.start_response = start_response
         start_response(response.status_line, response.headers)
@@ -208,12 +239,13 @@ class Proxy:
         started = time.monotonic()
         deadline = started + service.timeout.total if service.timeout.total else None
         exchange_deadline = started + service.timeout.response
+        sticky, request.affinity_cookie = route.sticky_key(request.headers)
         tried = []
         last_error: ProxyError | None = None
         while True:
             # Before pick(): a spent timeout.total must not leave a host counted in flight.
             timeout = _remaining(service.timeout, deadline)
-            lease = route.pick(tried)
+            lease = route.pick(tried, sticky)
             if lease is None:
                 # pick() raises when no host can be tried at all, so this comes
                 # after at least one attempt, with its error kept.
@@ -302,6 +334,33 @@ class ErrorBody:
             on_close()
 
 
+def _bind(route: Route, request: ProxyRequest, response, environ) -> None:
+    """Cookie affinity: a response from another host than the client's cookie
+    names (none, forged, redispatched) sets one naming the host that answered,
+    marked private for caches (HAProxy's ``nocache``)."""
+    set_cookie = getattr(route.affinity, "set_cookie", None)
+    host = response.lease.host
+    if set_cookie is None or route.affinity.value_of[host] == request.affinity_cookie:
+        return
+    secure = environ.get("wsgi.url_scheme") == "https"
+    response.headers.append(("Set-Cookie", set_cookie(host, secure)))
+    response.headers[:] = private(response.headers)
+
+
+def private(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` with the response made ``private`` for caches: unchanged when it
+    is already ``private`` or ``no-store``; else without ``public`` and
+    ``s-maxage`` (a shared cache's own rules) and with ``private``."""
+    controls = [value for name, value in headers if name.lower() == "cache-control"]
+    directives = [part.strip() for value in controls for part in value.split(",") if part.strip()]
+    names = {directive.split("=")[0].strip().lower() for directive in directives}
+    if names & {"private", "no-store"}:
+        return headers
+    kept = [d for d in directives if d.split("=")[0].strip().lower() not in {"public", "s-maxage"}]
+    others = [(name, value) for name, value in headers if name.lower() != "cache-control"]
+    return [*others, ("Cache-Control", ", ".join(["private", *kept]))]
+
+
 def _switched_to(head) -> str | None:
     """The protocol a 101 switched to (its Upgrade's first token), lower-case."""
     for name, value in head.headers:
@@ -332,8 +391,10 @@ def _remaining(timeout: Timeout, deadline: float | None) -> Timeout:
 
 def create_app() -> Proxy:
     """In a gunicorn worker, the config its master validated; elsewhere, the file."""
-    config = active_config() or load_config()
-    return Proxy(config, settings.worker_connections(), settings.workers())
+    config = active_config()
+    if config is None:
+        return Proxy(load_config(), settings.worker_connections())
+    return Proxy(config, settings.worker_connections(), active_zone())
 
 
 application = create_app()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import socket
 import struct
@@ -30,6 +31,7 @@ __all__ = [
     "RawServer",
     "StatsdDaemon",
     "free_port",
+    "serving_worker",
     "start_mock",
     "start_ws_upstream",
     "write_config",
@@ -55,6 +57,27 @@ class Proxy(lbproxy.Proxy):
     def __init__(self, config: Path, workers: int = 2, env: dict | None = None):
         ports = lbproxy.config_ports(config, load=yaml.safe_load)
         super().__init__(config, workers, env, ports=ports)
+
+
+def serving_worker(proxy: Server, client: socket.socket) -> int | None:
+    """The PID of the proxy worker that accepted ``client`` (a connection to the
+    proxy that has had an answer): /proc/net/tcp names the accepted socket's
+    inode, /proc/PID/fd says which worker holds it."""
+    client_port = client.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(end.split(":")[1], 16) for end in fields[1:3])
+        if local == proxy.port and remote == client_port:
+            inode = fields[9]
+    target = f"socket:[{inode}]"
+    for pid in proxy.children():
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        return pid
+    return None
 
 
 class RawServer:

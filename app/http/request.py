@@ -50,6 +50,9 @@ class ProxyRequest:
     stale_retries: int = 0
     # The protocol a tunnelled upgrade asks for ("websocket"), else None.
     upgrade: str | None = None
+    # The affinity cookie's value the client sent (taken out of ``headers`` by
+    # the route: app/traffic/affinity.py), else None.
+    affinity_cookie: str | None = None
 
     @property
     def replayable(self) -> bool:

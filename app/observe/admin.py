@@ -9,10 +9,11 @@ cannot reach them.
   GET /healthz  liveness: 200 while the worker serves
   GET /readyz   readiness: 200 when every service has a host in rotation, else 503
   GET /status   JSON: services, their hosts, whether each is in rotation, and
-                this worker's in-flight counts
+                the requests in flight
 
-All of it is what the worker that answers knows: each worker keeps its own
-host health (see app/traffic/health.py).
+Health and in-flight counts are the pod's, read from its shared area
+(app/traffic/shared.py), so every worker gives the same answer. The tunnel
+count is the answering worker's (tunnels are bounded per worker).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import json
 import os
 
 from app.config import Host, Service
-from app.traffic.routing import Route, Router
+from app.traffic.health import Health
+from app.traffic.routing import Router
 
 
 class AdminApp:
@@ -38,13 +40,20 @@ class AdminApp:
     def healthz(self, start_response):
         return _answer(start_response, "200 OK", b"ok\n")
 
+    def health_of(self, service: Service) -> Health:
+        """The pod's view of a service's hosts, whether this worker served it or not."""
+        route = self.router.routes.get(service.domain)
+        if route is not None:
+            return route.health
+        health = Health(service, state=self.router.zone.service(service))
+        if self.router.on_health_event is not None:  # it may see an ejection end
+            hook = self.router.on_health_event
+            health.on_event = lambda event, host: hook(service.name, host, event)
+        return health
+
     def readyz(self, start_response):
-        # A domain not served yet has no host marked out: only served ones can fail.
-        empty = [
-            route.service.name
-            for route in self.router.routes.values()
-            if not route.health.in_rotation()
-        ]
+        services = self.router.services.values()
+        empty = [service.name for service in services if not self.health_of(service).in_rotation()]
         if empty:
             return _answer(
                 start_response,
@@ -54,34 +63,40 @@ class AdminApp:
         return _answer(start_response, "200 OK", b"ready\n")
 
     def status(self, start_response):
-        services = [
-            service_status(service, self.router.routes.get(domain))
-            for domain, service in self.router.services.items()
-        ]
-        body = json.dumps({"worker_pid": os.getpid(), "services": services}, indent=1).encode()
+        services = []
+        for domain, service in self.router.services.items():
+            route = self.router.routes.get(domain)
+            tunnels = route.tunnels if route is not None else 0
+            services.append(service_status(service, self.health_of(service), tunnels))
+        pod = {
+            "worker_pid": os.getpid(),
+            "prober_pid": _alive(self.router.zone.area.prober_pid),
+            "services": services,
+        }
+        body = json.dumps(pod, indent=1).encode()
         return _answer(start_response, "200 OK", body + b"\n", "application/json")
 
 
-def service_status(service: Service, route: Route | None) -> dict:
-    """What one worker knows of a service; ``route`` None: not served by it yet."""
+def service_status(service: Service, health: Health, tunnels: int = 0) -> dict:
+    """The pod's view of a service (``tunnels``: the answering worker's)."""
+    affinity = service.affinity
     return {
         "name": service.name,
         "domain": service.domain,
         "strategy": service.strategy,
-        "in_flight": route.balancer.total_in_flight if route else 0,
-        "tunnels": route.tunnels if route else 0,
-        "hosts": [host_status(route, host) for host in service.hosts],
+        "affinity": None if affinity is None else ("cookie" if affinity.cookie else "hash"),
+        "in_flight": health.shared.total_in_flight(),
+        "tunnels": tunnels,
+        "hosts": [host_status(health, host) for host in service.hosts],
     }
 
 
-def host_status(route: Route | None, host: Host) -> dict:
-    if route is None:
-        ejected_for, down, in_flight, out = 0.0, False, 0, False
-    else:
-        state = route.health.states[host]
-        ejected_for = max(0.0, state.ejected_until - route.health.clock())
-        down, in_flight = state.active_down, route.balancer.in_flight[host]
-        out = host in route.health.out_of_rotation()
+def host_status(health: Health, host: Host) -> dict:
+    state = health.states[host]
+    ejected_for = max(0.0, state.ejected_until - health.clock())
+    down = state.active_down and health.service.health_check is not None
+    in_flight = health.shared.host_in_flight(host)
+    out = host in health.out_of_rotation()
     return {
         "host": host.name,
         "weight": host.weight,
@@ -90,6 +105,11 @@ def host_status(route: Route | None, host: Host) -> dict:
         "health_check": "down" if down else "up",
         "in_flight": in_flight,
     }
+
+
+def _alive(pid: int) -> int | None:
+    """The prober's PID while it lives (a SIGKILLed one is replaced within a second)."""
+    return pid if pid and os.path.exists(f"/proc/{pid}") else None
 
 
 def _answer(

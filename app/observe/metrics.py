@@ -17,7 +17,7 @@ Naming (prefix ``lbproxy`` by default; ``<service>`` is the service's name and
   <prefix>.<service>.hosts.<host>.ejected / returned / down / up   counter  health events
   <prefix>.unrouted.status.<N>xx, .errors.<kind>   requests that matched no service
   <prefix>.<service>.in_flight.<pid>         gauge  requests in flight, per worker
-  <prefix>.<service>.hosts_in_rotation.<pid> gauge  hosts in rotation, per worker
+  <prefix>.<service>.hosts_in_rotation.<pid> gauge  hosts in rotation (the pod's view)
   <prefix>.<service>.tunnels.opened / .closed.<reason> / .bytes_in / .bytes_out   counter
       WebSocket tunnels (reason: client, upstream, idle, shutdown)
   <prefix>.<service>.tunnels_active.<pid>    gauge  tunnels open, per worker
@@ -202,7 +202,7 @@ class Metrics:
         pipe = self.client.pipeline()
         for route in (routes[name] for name in due if name in routes):
             service = safe(route.service.name)
-            pipe.gauge(f"{service}.in_flight.{pid}", route.balancer.total_in_flight)
+            pipe.gauge(f"{service}.in_flight.{pid}", route.state.worker_in_flight())
             pipe.gauge(f"{service}.hosts_in_rotation.{pid}", len(route.health.in_rotation()))
             pipe.gauge(f"{service}.tunnels_active.{pid}", route.tunnels)
             for host in route.service.hosts:

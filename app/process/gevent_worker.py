@@ -100,7 +100,8 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
 
     def handle_exit(self, sig, frame):
         """SIGTERM (a stop, or a reload's old worker): tunnels end now, as a
-        reload cuts them (docs/websocket.md); requests in flight finish."""
+        reload cuts them (docs/websocket.md), the health checks move to another
+        worker; requests in flight finish."""
         import gevent
 
         # Stop accepting now rather than at gunicorn's next 1 s tick: new
@@ -110,6 +111,10 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
         close_tunnels = getattr(self.wsgi, "close_tunnels", None)
         if close_tunnels is not None:
             gevent.spawn(close_tunnels)
+        # The pod's health checks pass to a worker that stays (app/traffic/shared.py).
+        stop_probing = getattr(self.wsgi, "stop_probing", None)
+        if stop_probing is not None:
+            gevent.spawn(stop_probing)
         super().handle_exit(sig, frame)
 
     def handle_http2_request(self, listener_name, req, sock, addr, h2_conn):

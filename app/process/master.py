@@ -6,6 +6,12 @@ before any worker exists; on reload a bad file is logged and the previous
 config stays active. Workers are forked from the master, so they find the
 validated config here in memory and never parse the file themselves: a bad
 file can never make a worker fail to boot (which would stop gunicorn).
+
+The master also maps the pod's shared area (app/traffic/shared.py) when it
+starts (gunicorn's ``on_starting``, which knows the worker count, however it
+was given), places every config it accepts on reload in it (a config that does
+not fit is refused like an invalid one), and gives each worker it forks a
+column of its own, freed when the worker exits.
 """
 
 from __future__ import annotations
@@ -13,22 +19,31 @@ from __future__ import annotations
 import logging
 
 from app.config import ConfigError, ProxyConfig, config_path, load_config
+from app.traffic.shared import Capacity, SharedArea, Zone
 
 log = logging.getLogger("gunicorn.error")
 
 _active: ProxyConfig | None = None
+_area: SharedArea | None = None
+_zone: Zone | None = None
 
 
 def active_config() -> ProxyConfig | None:
     return _active
 
 
+def active_zone() -> Zone | None:
+    """The shared area as the active config places it (None outside gunicorn)."""
+    return _zone
+
+
 def load_or_keep() -> ProxyConfig:
     """Load proxy.yaml; on error, keep the active config or exit if there is none."""
-    global _active
+    global _active, _zone
     path = config_path()
     try:
         config = load_config(path)
+        zone = _area.place(config) if _area is not None else None
     except ConfigError as error:
         if _active is None:
             raise SystemExit(f"lbproxy: refusing to start: {path}: {error}") from None
@@ -36,5 +51,28 @@ def load_or_keep() -> ProxyConfig:
         return _active
     if _active is not None:
         log.info("lbproxy: reloaded %s (%d services)", path, len(config.services))
-    _active = config
+    _active, _zone = config, zone
     return config
+
+
+def start_area(workers: int) -> None:
+    """gunicorn's ``on_starting``: map the shared area for the config and ``workers``."""
+    global _area, _zone
+    if _active is None or _area is not None:
+        return
+    _area = SharedArea(Capacity.for_config(_active, workers))
+    _area.create_lock()
+    _zone = _area.place(_active)
+
+
+def assign_column(worker) -> None:
+    """gunicorn's ``pre_fork``: the worker about to be forked gets a column."""
+    if _area is not None:
+        worker.lbproxy_column = _area.take_column()
+
+
+def free_column(worker) -> None:
+    """gunicorn's ``child_exit``: the worker's requests in flight are gone with it."""
+    column = getattr(worker, "lbproxy_column", None)
+    if _area is not None and column is not None:
+        _area.release_column(column)

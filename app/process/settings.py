@@ -25,6 +25,11 @@ ENVIRONMENT = (
         "`lbproxy` (its own HTTP/1.1 server) or `gunicorn` (gunicorn's, the reference)",
     ),
     ("STATSD_HOST / _PORT / _PREFIX", "unset", "override `proxy.statsd`"),
+    (
+        "PROXY_AFFINITY_KEY",
+        "a built-in key",
+        "keys affinity cookie values (docs/affinity.md); the same on every replica",
+    ),
 )
 
 

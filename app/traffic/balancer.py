@@ -1,90 +1,120 @@
 """Pick one host of a service for the next attempt.
 
-Each gunicorn worker balances on its own (no shared state between
-processes), like nginx workers do. Every strategy keeps the number of requests
-in flight per host: least_connections balances on it, and metrics read it.
+The counts it balances on are the pod's (app/traffic/shared.py): requests in
+flight per host summed over every worker, and one round-robin counter per
+service that every worker advances. So round robin takes turns across
+workers, and ``least_connections`` sees the requests the other workers hold.
 
 ``pick(exclude, limit)`` skips the hosts in ``exclude`` (already tried for this
-request, or out of rotation) and those with ``limit`` requests in flight.
+request, or out of rotation) and those with ``limit`` requests in flight
+pod-wide; ``take(host)`` counts a host chosen elsewhere (by affinity) the same way.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection
+from functools import lru_cache
 
 from app.config import Host, Service
+from app.traffic.shared import ServiceState
 
 
 class Balancer:
-    def __init__(self, hosts: tuple[Host, ...]):
+    def __init__(self, hosts: tuple[Host, ...], state: ServiceState | None = None):
         self.hosts = hosts
-        self.in_flight = dict.fromkeys(hosts, 0)
-        self.total_in_flight = 0
+        self.state = state or _private_state(hosts)
 
     def pick(self, exclude: Collection[Host] = (), limit: int | None = None) -> Host | None:
-        in_flight = self.in_flight
-        candidates = [
-            host
-            for host in self.hosts
-            if host not in exclude and (limit is None or in_flight[host] < limit)
-        ]
+        candidates = self.candidates(exclude, limit)
         if not candidates:
             return None
         host = self.choose(candidates)
-        in_flight[host] += 1
-        self.total_in_flight += 1
+        self.state.take(host)
         return host
 
-    def release(self, host: Host) -> None:
-        self.in_flight[host] -= 1
-        self.total_in_flight -= 1
+    def candidates(self, exclude: Collection[Host] = (), limit: int | None = None) -> tuple:
+        if limit is None:
+            if not exclude:
+                return self.hosts
+            return tuple(host for host in self.hosts if host not in exclude)
+        in_flight = self.state.host_in_flight
+        return tuple(host for host in self.hosts if host not in exclude and in_flight(host) < limit)
 
-    def choose(self, candidates: list[Host]) -> Host:
+    def take(self, host: Host) -> None:
+        self.state.take(host)
+
+    def release(self, host: Host) -> None:
+        self.state.give_back(host)
+
+    @property
+    def in_flight(self) -> dict[Host, int]:
+        """Requests in flight per host, pod-wide."""
+        return {host: self.state.host_in_flight(host) for host in self.hosts}
+
+    @property
+    def total_in_flight(self) -> int:
+        return self.state.total_in_flight()
+
+    def choose(self, candidates: tuple[Host, ...]) -> Host:
         raise NotImplementedError
 
 
 class RoundRobin(Balancer):
-    """Smooth weighted round robin, as nginx does it.
+    """Smooth weighted round robin, as nginx does it, one turn per pick pod-wide.
 
-    Weights 5,1,1 give a a b a c a a rather than a a a a a b c: each pick adds
-    every candidate's weight to its score, takes the highest, and takes the
-    total off the winner.
+    Weights 5,1,1 give a a b a c a a rather than a a a a a b c. The order for a
+    set of candidates is nginx's (each pick adds every candidate's weight to
+    its score, takes the highest, and takes the total off the winner), worked
+    out once; the service's shared counter says where in it the pod is.
     """
 
-    def __init__(self, hosts: tuple[Host, ...]):
-        super().__init__(hosts)
-        self.score = dict.fromkeys(hosts, 0)
+    def __init__(self, hosts: tuple[Host, ...], state: ServiceState | None = None):
+        super().__init__(hosts, state)
+        self.full_order = smooth_order(hosts)  # every host a candidate: the usual case
 
-    def choose(self, candidates: list[Host]) -> Host:
+    def choose(self, candidates: tuple[Host, ...]) -> Host:
         if len(candidates) == 1:
             return candidates[0]
-        score = self.score
-        best = candidates[0]
-        total = 0
-        for host in candidates:
-            score[host] += host.weight
-            total += host.weight
-            if score[host] > score[best]:
-                best = host
+        order = self.full_order if candidates is self.hosts else smooth_order(candidates)
+        return order[self.state.next_turn() % len(order)]
+
+
+@lru_cache(maxsize=32)  # candidate sets seen lately (hosts out, tried)
+def smooth_order(hosts: tuple[Host, ...]) -> tuple[Host, ...]:
+    """One full cycle of nginx's smooth weighted round robin over ``hosts``."""
+    divisor = math.gcd(*(host.weight for host in hosts))
+    weights = [host.weight // divisor for host in hosts]
+    total = sum(weights)
+    score = [0] * len(hosts)
+    order = []
+    for _ in range(total):
+        best = 0
+        for i, weight in enumerate(weights):
+            score[i] += weight
+            if score[i] > score[best]:
+                best = i
         score[best] -= total
-        return best
+        order.append(hosts[best])
+    return tuple(order)
 
 
 class Random(Balancer):
     """Weighted random choice: cheap, stateless, fair over many requests."""
 
-    def choose(self, candidates: list[Host]) -> Host:
+    def choose(self, candidates: tuple[Host, ...]) -> Host:
         return random.choices(candidates, weights=[host.weight for host in candidates])[0]
 
 
 class LeastConnections(RoundRobin):
-    """Fewest requests in flight relative to weight; ties go round robin."""
+    """Fewest requests in flight pod-wide relative to weight; ties go round robin."""
 
-    def choose(self, candidates: list[Host]) -> Host:
-        load = {host: self.in_flight[host] / host.weight for host in candidates}
+    def choose(self, candidates: tuple[Host, ...]) -> Host:
+        in_flight = self.state.host_in_flight
+        load = {host: in_flight(host) / host.weight for host in candidates}
         least = min(load.values())
-        return super().choose([host for host in candidates if load[host] == least])
+        return super().choose(tuple(host for host in candidates if load[host] == least))
 
 
 STRATEGIES = {
@@ -94,5 +124,14 @@ STRATEGIES = {
 }
 
 
-def make_balancer(service: Service) -> Balancer:
-    return STRATEGIES[service.strategy](service.hosts)
+def make_balancer(service: Service, state: ServiceState | None = None) -> Balancer:
+    return STRATEGIES[service.strategy](service.hosts, state)
+
+
+def _private_state(hosts: tuple[Host, ...]) -> ServiceState:
+    """A balancer of its own, outside any pod (tests, tools)."""
+    from app.config import ProxyConfig
+    from app.traffic.shared import Zone
+
+    service = Service(name="private", domain="private.invalid", hosts=hosts)
+    return Zone.private(ProxyConfig(services=(service,)), exact=True).service(service)

@@ -1,6 +1,7 @@
 """Which hosts of a service are in rotation.
 
-Two signals, both per worker (gunicorn workers share no memory):
+Two signals, kept for the whole pod in its shared area (app/traffic/shared.py):
+a host one worker ejects is out for every worker, and one worker probes for all.
 
 - passive: outlier ejection. A host that fails ``consecutive_failures`` times
   in a row (connect error, timeout, reset; 5xx if ``count_5xx``) is taken out
@@ -12,7 +13,10 @@ Two signals, both per worker (gunicorn workers share no memory):
   (HealthChecker); ``unhealthy_threshold`` failures in a row take the host
   out, ``healthy_threshold`` successes bring it back.
 
-A host is in rotation when neither signal has it out.
+A host is in rotation when neither signal has it out. Every change bumps the
+service's generation in the area; each worker keeps its answer to "which hosts
+are out" until the generation moves or an ejection's time is up, so a request
+reads one shared word, not every host's state.
 """
 
 from __future__ import annotations
@@ -23,47 +27,38 @@ import time
 from collections.abc import Callable
 
 from app.config import Host, Service
+from app.traffic.shared import ServiceState
 
 log = logging.getLogger("gunicorn.error")
 
 NEVER = float("inf")
 
 
-class HostState:
-    __slots__ = (
-        "active_down",
-        "active_streak",
-        "ejected_until",
-        "ejections",
-        "failures",
-        "returned_at",
-    )
-
-    def __init__(self):
-        self.failures = 0
-        self.ejections = 0
-        self.ejected_until = 0.0
-        self.returned_at = 0.0
-        self.active_down = False
-        self.active_streak = 0
-
-
 class Health:
-    def __init__(self, service: Service, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        service: Service,
+        clock: Callable[[], float] = time.monotonic,
+        state: ServiceState | None = None,
+    ):
+        from app.traffic.balancer import _private_state
+
         self.service = service
         self.policy = service.outlier
         self.clock = clock
-        self.states = {host: HostState() for host in service.hosts}
+        self.shared = state or _private_state(service.hosts)
+        self.states = self.shared.host_state  # HostState views on the area, by host
         self.ejectable = len(service.hosts) * self.policy.max_ejected_percent // 100
         self.on_event: Callable[[str, Host], None] = lambda event, host: None
         self._out: frozenset[Host] = frozenset()
         self._next_change = NEVER
+        self._generation = -1  # of the area when _out was worked out: not yet
 
     # --- reading: called on every request, so mostly a cached answer ------
 
     def out_of_rotation(self) -> frozenset[Host]:
-        if self.clock() >= self._next_change:
-            self._refresh()
+        if self.shared.generation != self._generation or self.clock() >= self._next_change:
+            self.refresh()
         return self._out
 
     def in_rotation(self) -> list[Host]:
@@ -100,7 +95,8 @@ class Health:
             self.policy.consecutive_failures,
         )
         self.on_event("ejected", host)
-        self._refresh()
+        self.shared.changed()
+        self.refresh()
         return True
 
     # --- active ----------------------------------------------------------
@@ -123,24 +119,33 @@ class Health:
                 "up" if healthy else "down",
             )
             self.on_event("up" if healthy else "down", host)
-            self._refresh()
+            self.shared.changed()
+            self.refresh()
 
     # ---------------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Work out which hosts are out, from the area's words."""
+        self._generation = self.shared.generation
         now = self.clock()
+        checked = self.service.health_check is not None
         out = set()
         next_change = NEVER
         for host, state in self.states.items():
-            if state.ejected_until > now:
+            ejected_until = state.ejected_until
+            if ejected_until > now:
                 out.add(host)
-                next_change = min(next_change, state.ejected_until)
-            elif state.ejected_until:  # the ejection just ended: back, on probation
+                next_change = min(next_change, ejected_until)
+            elif ejected_until and state.ejected_until == ejected_until:
+                # The ejection just ended: back, on probation. The first worker to
+                # see it says so; reading the word again right before clearing it
+                # keeps a new ejection by another worker meanwhile (all but a
+                # window of a few instructions: docs/affinity.md).
                 state.ejected_until = 0.0
                 state.returned_at = now
                 state.failures = self.policy.consecutive_failures - 1
                 self.on_event("returned", host)
-            if state.active_down:
+            if state.active_down and checked:  # a check removed on reload: no longer down
                 out.add(host)
         self._out = frozenset(out)
         self._next_change = next_change
@@ -149,9 +154,10 @@ class Health:
 class HealthChecker:
     """Probe every host of a service in the background (one greenlet per host).
 
-    Each worker runs its own checker, so a host receives ``workers / interval``
-    probes per second; the first probe of each host is spread over one
-    interval so the workers do not probe in step. A probe is one GET on a new
+    Only the pod's prober runs checkers (the worker holding
+    app/traffic/shared.ProberLock), so a host gets one probe per ``interval``
+    per pod; the first probe of each host is spread over one interval so
+    hosts are not probed in step. A probe is one GET on a new
     connection, with the service's upstream TLS settings, read by the same
     strict response reader as proxied traffic; any answer below 400 is healthy.
     """
@@ -166,6 +172,12 @@ class HealthChecker:
     def start(self) -> None:
         for host in self.health.service.hosts:
             self.greenlets.append(self.spawn(self._run, host))
+
+    def stop(self) -> None:
+        import gevent
+
+        gevent.killall(self.greenlets, block=False)
+        self.greenlets = []
 
     def _run(self, host: Host) -> None:
         import gevent

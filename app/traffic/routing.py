@@ -4,51 +4,52 @@ A plain dict lookup on the lower-cased host name, so routing costs the same
 with 3 domains or 10,000. Only configured domains are ever forwarded to:
 lbproxy is never an open proxy.
 
-A Route is everything one worker keeps for one service: its balancer, the
-health of its hosts, its retry budget and its circuit-breaker limits. It is
-made on the domain's first request, so a worker's memory follows the domains
-it serves, not the size of the config (10,000 domains, most of them idle).
+A Route is what one worker holds for one service: its balancer and host
+health (views on the pod's shared area, app/traffic/shared.py), its affinity,
+its retry budget and its limits. It is made on the domain's first request, so
+a worker's memory follows the domains it serves, not the size of the config
+(10,000 domains, most of them idle).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from app.config import Host, ProxyConfig, Service
 from app.errors import NoHealthyHost, Overloaded, TooManyTunnels, UnknownDomain
+from app.traffic.affinity import make_affinity
 from app.traffic.balancer import make_balancer
 from app.traffic.health import Health
 from app.traffic.retry import RetryBudget, RetryPolicy
+from app.traffic.shared import ServiceState, Zone
 from app.upstream.tls import target_of
-
-
-def worker_share(limit: int | None, workers: int) -> int | None:
-    """A proxy-wide limit split over the workers (each enforces its own part)."""
-    return None if limit is None else max(1, math.ceil(limit / workers))
-
 
 # A health event: (service name, host, event), for metrics.
 HealthEvents = Callable[[str, Host, str], None]
 
 
 class Route:
-    def __init__(self, service: Service, workers: int = 1, on_health_event=None):
+    def __init__(self, service: Service, state: ServiceState, on_health_event=None):
         self.service = service
-        self.balancer = make_balancer(service)
-        self.health = Health(service)
+        self.state = state  # the service's words in the pod's shared area
+        self.balancer = make_balancer(service, state)
+        self.health = Health(service, state=state)
         if on_health_event is not None:
             self.health.on_event = lambda event, host: on_health_event(service.name, host, event)
+        self.affinity = make_affinity(service)  # None, or app/traffic/affinity.py's
         self.retry = RetryPolicy.of(service)
         self.upstream_tls = target_of(service)  # None: plain HTTP to the hosts
-        self.budget = RetryBudget(service.retry)
-        self.max_in_flight = worker_share(service.max_in_flight, workers)
-        self.max_in_flight_per_host = worker_share(service.max_in_flight_per_host, workers)
+        self.budget = RetryBudget(service.retry)  # per worker: see docs/affinity.md
+        # Both pod-wide: checked against every worker's requests in flight. Two
+        # workers checking at the same instant may each admit one: a limit can
+        # be passed by one request per other worker, never more.
+        self.max_in_flight = service.max_in_flight
+        self.max_in_flight_per_host = service.max_in_flight_per_host
         self.tunnels = 0  # WebSocket tunnels open or being opened in this worker
 
     def admit(self) -> None:
         """The circuit breaker: refuse before anything is sent when the service is full."""
-        if self.max_in_flight is not None and self.balancer.total_in_flight >= self.max_in_flight:
+        if self.max_in_flight is not None and self.state.total_in_flight() >= self.max_in_flight:
             raise Overloaded(self.service.name)
         self.budget.record_request()
 
@@ -63,13 +64,27 @@ class Route:
     def release_tunnel(self) -> None:
         self.tunnels -= 1
 
-    def pick(self, tried: list[Host]) -> Lease | None:
+    def sticky_key(self, headers: list[tuple[str, str]]):
+        """The request's affinity key (None: balance it), and the affinity cookie
+        value it sent; the cookie is taken out of ``headers``."""
+        if self.affinity is None:
+            return None, None
+        return self.affinity.sticky_key(headers)
+
+    def pick(self, tried: list[Host], sticky=None) -> Lease | None:
         """A lease on the next host to try, or None when every host in rotation was tried.
 
+        ``sticky``, the request's affinity key, names the host to take when it is
+        usable (in rotation, not tried, not full); else the balancer picks.
         Raises NoHealthyHost when no host is in rotation, and Overloaded when
         the ones that are all hold their limit of requests.
         """
         out = self.health.out_of_rotation()
+        if sticky is not None:
+            host = self.affinity.host_for(sticky, self._usable(out, tried))
+            if host is not None:
+                self.balancer.take(host)
+                return Lease(host, self.balancer)
         host = self.balancer.pick(out.union(tried) if out else tried, self.max_in_flight_per_host)
         if host is None:
             if tried:
@@ -78,6 +93,16 @@ class Route:
                 raise NoHealthyHost(self.service.name)
             raise Overloaded(self.service.name)
         return Lease(host, self.balancer)
+
+    def _usable(self, out: frozenset[Host], tried: list[Host]) -> Callable[[Host], bool]:
+        limit, in_flight = self.max_in_flight_per_host, self.state.host_in_flight
+
+        def usable(host: Host) -> bool:
+            if host in out or host in tried:
+                return False
+            return limit is None or in_flight(host) < limit
+
+        return usable
 
 
 class Lease:
@@ -97,10 +122,10 @@ class Lease:
 
 
 class Router:
-    def __init__(self, config: ProxyConfig, workers: int = 1, on_health_event=None):
+    def __init__(self, config: ProxyConfig, zone: Zone | None = None, on_health_event=None):
         self.services = {service.domain: service for service in config.services}
         self.routes: dict[str, Route] = {}  # the domains served so far
-        self.workers = workers
+        self.zone = zone or Zone.private(config)
         self.on_health_event: HealthEvents | None = on_health_event
 
     def route(self, domain: str) -> Route:
@@ -109,7 +134,8 @@ class Router:
             service = self.services.get(domain)
             if service is None:
                 raise UnknownDomain(domain)
-            route = self.routes[domain] = Route(service, self.workers, self.on_health_event)
+            state = self.zone.service(service)
+            route = self.routes[domain] = Route(service, state, self.on_health_event)
         return route
 
     def by_name(self) -> dict[str, Route]:

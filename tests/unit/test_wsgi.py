@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from app.config import parse_config
 from app.errors import UpstreamConnectError
-from app.wsgi import Proxy
+from app.wsgi import Proxy, private
 from tests.wsgi_env import environ
 
 CONFIG = parse_config(
@@ -93,3 +95,22 @@ def test_every_path_ends_once_with_its_record_and_stale_retries_count_as_retries
     assert record.bytes_out == len(data) and record.finished is not None
     proxy.refused_by_server({}, 400, 20)
     assert [r.status for r in ended] == [502, 400]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "sent"),
+    [
+        ([], "private"),
+        ([("Cache-Control", "public, max-age=60, s-maxage=600")], "private, max-age=60"),
+        (
+            [("cache-control", "no-cache"), ("Cache-Control", "max-age=5")],
+            "private, no-cache, max-age=5",
+        ),
+        ([("Cache-Control", "private, max-age=60")], "private, max-age=60"),
+        ([("Cache-Control", "no-store")], "no-store"),
+    ],
+)
+def test_a_response_that_sets_the_affinity_cookie_is_private_to_caches(upstream, sent):
+    headers = private([("Content-Type", "text/plain"), *upstream])
+    assert headers[0] == ("Content-Type", "text/plain")
+    assert [value for name, value in headers if name.lower() == "cache-control"] == [sent]

@@ -8,6 +8,7 @@ from app.config import parse_config
 from app.errors import NoHealthyHost, Overloaded, UnknownDomain
 from app.traffic.balancer import RoundRobin
 from app.traffic.routing import Router
+from app.traffic.shared import Zone
 
 CONFIG = parse_config(
     """
@@ -50,9 +51,10 @@ proxy:
 )
 
 
-def test_limits_are_shared_out_over_the_workers():
-    route = Router(LIMITED, workers=2).route("a.test")
-    assert (route.max_in_flight, route.max_in_flight_per_host) == (2, 1)
+def test_limits_are_the_pods_not_split_over_the_workers():
+    zone = Zone.private(LIMITED, workers=2)
+    route = Router(LIMITED, zone).route("a.test")
+    assert (route.max_in_flight, route.max_in_flight_per_host) == (3, 1)
 
 
 def test_the_service_limit_refuses_before_picking():
@@ -75,8 +77,8 @@ def test_no_host_in_rotation_is_503_and_all_tried_is_none():
     assert route.pick([a]).host == b
     assert route.pick([a, b]) is None
     for host in (a, b):
-        route.health.states[host].active_down = True
-    route.health._refresh()
+        route.health.states[host].ejected_until = 1e12  # ejected
+    route.health.shared.changed()  # as Health.record_failure does
     with pytest.raises(NoHealthyHost):
         route.pick([])
 
