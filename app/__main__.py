@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: {error}", file=sys.stderr)
         return 1
     hosts = sum(len(service.hosts) for service in config.services)
-    print(f"{path}: ok ({len(config.services)} services, {hosts} hosts)")
+    names = sum(len(service.discover) for service in config.services)
+    resolved = f", {names} names to resolve" if names else ""
+    print(f"{path}: ok ({len(config.services)} services, {hosts} hosts{resolved})")
     return 0
 
 

@@ -558,19 +558,65 @@ def affinity(value: Any, where: str) -> Affinity | None:
 affinity.block = Affinity  # documented as a block (app/config_reference.py)
 
 
+def srv_name(value: Any, where: str) -> str:
+    """An SRV owner name such as ``_http._tcp.web.svc.cluster.local``."""
+    labels = value.lower().rstrip(".").split(".") if isinstance(value, str) else []
+    if len(labels) < 3 or not all(label.startswith("_") for label in labels[:2]):
+        raise ConfigError(
+            where, f"expected an SRV name such as _http._tcp.web.internal, got {_describe(value)}"
+        )
+    if not is_hostname(".".join([label.lstrip("_") for label in labels[:2]] + labels[2:])):
+        raise ConfigError(where, f"not a DNS name: {_describe(value)}")
+    return value.lower().rstrip(".")
+
+
 @dataclass(frozen=True)
 class Host:
-    """One upstream host of a service; each is listed once."""
+    """One upstream host of a service; each is listed once. With `resolve: true`
+    the entry is a DNS name whose every address is a host (docs/discovery.md)."""
 
     address: str = setting(
-        None, address, "IPv4/IPv6 literal or DNS name (a Kubernetes Service)", required=True
+        None,
+        address,
+        "IPv4/IPv6 literal or DNS name (a Kubernetes Service); required unless `srv`",
     )
-    port: int = setting(None, port, "1-65535", required=True)
+    port: int = setting(None, port, "1-65535; required unless `srv`")
     weight: int = setting(1, integer(1, 1000), "share of the traffic, for every strategy")
+    resolve: bool = setting(
+        False,
+        boolean,
+        "re-resolve `address` while serving: every address of its answer is a host (never"
+        " on an IP literal)",
+    )
+    srv: str | None = setting(
+        None,
+        optional(srv_name),
+        "with `resolve: true` instead of `address` and `port`: hosts and ports from these"
+        " SRV records",
+    )
 
     @property
     def name(self) -> str:
-        return f"{self.address}:{self.port}"
+        return self.srv or f"{self.address}:{self.port}"
+
+
+def host_entry(value: Any, where: str) -> Host:
+    host = block(Host, value, where)
+    if host.srv is not None:
+        for key in ("address", "port"):
+            if getattr(host, key) is not None:
+                raise ConfigError(f"{where}.{key}", "an srv entry takes hosts and ports from DNS")
+        if not host.resolve:
+            raise ConfigError(f"{where}.resolve", "an srv entry needs resolve: true")
+        return host
+    for key in ("address", "port"):
+        if getattr(host, key) is None:
+            raise ConfigError(f"{where}.{key}", "required key is missing")
+    if host.resolve and is_ip(host.address):
+        raise ConfigError(
+            f"{where}.resolve", f"{host.address} is an IP address: there is nothing to resolve"
+        )
+    return host
 
 
 @dataclass(frozen=True)
@@ -612,7 +658,7 @@ class Policy:
 
 def hosts(value: Any, where: str) -> tuple[Host, ...]:
     items = _list(value, where)
-    checked = tuple(block(Host, item, f"{where}[{i}]") for i, item in enumerate(items))
+    checked = tuple(host_entry(item, f"{where}[{i}]") for i, item in enumerate(items))
     if repeat := _repeated([host.name for host in checked]):
         index, first = repeat
         raise ConfigError(
@@ -634,6 +680,59 @@ class Service(Policy):
         required=True,
     )
     hosts: tuple[Host, ...] = setting((), hosts, "upstream hosts, at least one", required=True)
+    # The `resolve: true` entries of `hosts`, taken out of it when the file is read:
+    # ``hosts`` holds the fixed hosts, these the names whose addresses are hosts.
+    discover: tuple[Host, ...] = ()
+
+
+def nameservers(value: Any, where: str) -> tuple[tuple[str, int], ...]:
+    """``["10.96.0.10", "127.0.0.1:5353", "[::1]:53"]`` -> ((address, port), ...)."""
+    if not isinstance(value, list):
+        raise ConfigError(where, f"expected a list of IP or IP:port, got {_describe(value)}")
+    servers = []
+    for i, item in enumerate(value):
+        text = item if isinstance(item, str) else ""
+        if text.startswith("["):
+            ip, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+        elif text.count(":") == 1:
+            ip, port_text = text.split(":")
+        else:
+            ip, port_text = text, None
+        if not is_ip(ip) or (port_text is not None and not port_text.isdigit()):
+            raise ConfigError(
+                f"{where}[{i}]", f"expected IP, IP:port or [IPv6]:port, got {_describe(item)}"
+            )
+        servers.append((ip, port(int(port_text) if port_text else 53, f"{where}[{i}]")))
+    return tuple(servers)
+
+
+FAMILIES = ("ipv4", "ipv6", "any")
+
+
+def family(value: Any, where: str) -> str:
+    if value not in FAMILIES:
+        raise ConfigError(where, f"expected one of {', '.join(FAMILIES)}, got {_describe(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Resolver:
+    """DNS for hosts with `resolve: true` (docs/discovery.md): one lookup loop per
+    pod, never in the request path."""
+
+    nameservers: tuple[tuple[str, int], ...] = setting(
+        (),
+        nameservers,
+        "each `IP`, `IP:port` or `[IPv6]:port` (port 53 by default), tried in order; none:"
+        " the nameservers and search list of /etc/resolv.conf",
+    )
+    refresh: float = setting(
+        5.0,
+        number(1, 3600),
+        "the most seconds between lookups of a name; a shorter TTL wins, down to 1 s",
+    )
+    family: str = setting("ipv4", family, "`ipv4` (A records), `ipv6` (AAAA) or `any` (both)")
 
 
 @dataclass(frozen=True)
@@ -645,6 +744,7 @@ class ProxyConfig:
     defaults: Policy = Policy()
     statsd: Statsd = Statsd()
     source: str = "<memory>"
+    resolver: Resolver = Resolver()
 
     @property
     def listen(self) -> Listen:
@@ -699,7 +799,7 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
         value,
         where,
         required={"services"},
-        optional={"listen", "admin", "limits", "defaults", "statsd"},
+        optional={"listen", "admin", "limits", "defaults", "statsd", "resolver"},
     )
     listeners = _listeners(data.get("listen"), f"{where}.listen")
     admin = block(Admin, data.get("admin"), f"{where}.admin")
@@ -711,7 +811,8 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
     services = _services(data["services"], f"{where}.services", defaults)
     limits = block(Limits, data.get("limits"), f"{where}.limits")
     statsd = block(Statsd, data.get("statsd"), f"{where}.statsd")
-    return ProxyConfig(services, listeners, admin, limits, defaults, statsd, source)
+    resolver = block(Resolver, data.get("resolver"), f"{where}.resolver")
+    return ProxyConfig(services, listeners, admin, limits, defaults, statsd, source, resolver)
 
 
 def _listeners(value: Any, where: str) -> tuple[Listen, ...]:
@@ -763,7 +864,12 @@ def _services(value: Any, where: str, defaults: Policy) -> tuple[Service, ...]:
 
 
 def _service(value: Any, where: str, defaults: Policy) -> Service:
-    return block(Service, value, where, defaults)
+    service = block(Service, value, where, defaults)
+    fixed = tuple(host for host in service.hosts if not host.resolve)
+    if len(fixed) == len(service.hosts):
+        return service
+    discover = tuple(host for host in service.hosts if host.resolve)
+    return dataclasses.replace(service, hosts=fixed, discover=discover)
 
 
 def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset()) -> dict:

@@ -25,6 +25,7 @@ SECTIONS = (
     ("proxy.admin", config.Admin),
     ("proxy.limits", config.Limits),
     ("proxy.statsd", config.Statsd),
+    ("proxy.resolver", config.Resolver),
     ("proxy.services[]", config.Service),
     ("proxy.services[].hosts[]", config.Host),
     ("timeout", config.Timeout),

@@ -43,6 +43,7 @@ from app.observe.metrics import Metrics, statsd_settings
 from app.observe.record import Record, request_id
 from app.process import settings
 from app.process.master import active_config, active_zone
+from app.traffic.discovery import Discovery
 from app.traffic.health import HealthChecker
 from app.traffic.retry import STATUS
 from app.traffic.routing import Route, Router
@@ -78,12 +79,14 @@ class Proxy:
         self.stopping = False  # close_tunnels was called: no tunnel outlives it
         self.prober = ProberLock(self.router.zone.area)
         self.checkers: list[HealthChecker] = []
+        self.discovery = None  # the pod's DNS loop, in the prober (app/traffic/discovery.py)
+        self.router.on_hosts_removed = self._forget_hosts
         warn_unverified(config.services)
 
     def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
         """In a gevent worker: the access log, active health checks and the metrics gauges."""
         self.end.access_log = access_log
-        if any(service.health_check is not None for service in self.config.services):
+        if any(s.health_check is not None or s.discover for s in self.config.services):
             spawn(self._probe_when_elected, spawn)
         if self.metrics.enabled:
             spawn(self._report_gauges)
@@ -97,15 +100,42 @@ class Proxy:
             if self.stopping:
                 return
             gevent.sleep(PROBER_RETRY)
-        log.info("lbproxy: worker %d runs the pod's health checks", os.getpid())
+        log.info("lbproxy: worker %d runs the pod's health checks and lookups", os.getpid())
+        if any(service.discover for service in self.config.services):
+            self.discovery = spawn(self._discover)
         probe_session = make_session(len(self.config.hosts), 1)
         for service in self.config.services:
             if service.health_check is not None:
                 route = self.router.route(service.domain)
                 probes = Pools.from_session(probe_session)
-                checker = HealthChecker(route.health, probes, spawn, route.upstream_tls)
+                health = partial(self._health_of, service.domain)
+                checker = HealthChecker(health, probes, spawn, route.upstream_tls)
                 checker.start()
                 self.checkers.append(checker)
+
+    def _health_of(self, domain: str):
+        return self.router.route(domain).health  # route() takes in resolved hosts first
+
+    def _discover(self) -> None:
+        """The pod's lookups; a loop that cannot start (no nameserver in
+        /etc/resolv.conf, say) is logged and tried again."""
+        import gevent
+
+        while True:
+            try:
+                discovery = Discovery(
+                    self.config, self.router.zone, on_lookup=self.metrics.dns_lookup
+                )
+            except Exception:
+                log.exception("lbproxy: DNS discovery cannot start; trying again in 10 s")
+                gevent.sleep(10)
+                continue
+            discovery.run()
+
+    def _forget_hosts(self, hosts: list) -> None:
+        """Resolved addresses that left: their idle pooled connections are closed."""
+        for host in hosts:
+            self.forwarder.pools.drop(host.address, host.port)
 
     def stop_probing(self) -> None:
         """The worker is stopping: another worker takes the health checks over now."""
@@ -113,6 +143,9 @@ class Proxy:
         for checker in self.checkers:
             checker.stop()
         self.checkers = []
+        if self.discovery is not None:
+            self.discovery.kill(block=False)
+            self.discovery = None
         self.prober.release()
 
     def __call__(self, environ, start_response):
@@ -245,6 +278,8 @@ class Proxy:
         while True:
             # Before pick(): a spent timeout.total must not leave a host counted in flight.
             timeout = _remaining(service.timeout, deadline)
+            if tried and route.names:  # a retry: take in what the resolver found since
+                self.router.route(request.domain)
             lease = route.pick(tried, sticky)
             if lease is None:
                 # pick() raises when no host can be tried at all, so this comes
@@ -260,7 +295,7 @@ class Proxy:
                 )
             except (UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout) as error:
                 lease.release()
-                route.health.record_failure(host)
+                lease.health.record_failure(host)
                 last_error = error
                 if not self._may_retry(route, request, error.kind, len(tried)):
                     raise
@@ -270,9 +305,9 @@ class Proxy:
                 lease.release()
                 raise
             if response.status >= 500 and service.outlier.count_5xx:
-                route.health.record_failure(host)
+                lease.health.record_failure(host)
             else:
-                route.health.record_success(host)
+                lease.health.record_success(host)
             if route.retry.retries_status(response.status) and self._may_retry(
                 route, request, STATUS, len(tried)
             ):
@@ -281,7 +316,7 @@ class Proxy:
                 last_error = UpstreamProtocolError(f"{host.name} answered {response.status}")
                 continue
             response.lease = lease
-            response.on_failure = partial(route.health.record_failure, host)
+            response.on_failure = partial(lease.health.record_failure, host)
             return response
 
     @staticmethod
@@ -340,7 +375,10 @@ def _bind(route: Route, request: ProxyRequest, response, environ) -> None:
     marked private for caches (HAProxy's ``nocache``)."""
     set_cookie = getattr(route.affinity, "set_cookie", None)
     host = response.lease.host
-    if set_cookie is None or route.affinity.value_of[host] == request.affinity_cookie:
+    if set_cookie is None:
+        return
+    value = route.affinity.value_of.get(host)  # None: a resolved address gone meanwhile
+    if value is None or value == request.affinity_cookie:
         return
     secure = environ.get("wsgi.url_scheme") == "https"
     response.headers.append(("Set-Cookie", set_cookie(host, secure)))

@@ -25,18 +25,21 @@ def start_mock(
     python: Path | str = sys.executable,
     log: Path | None = None,
     timeout: float = 15.0,
+    address: str = LOOPBACK,
 ) -> Server:
-    """``python -m mock`` answering as ``name``, once its port is open.
+    """``python -m mock`` answering as ``name`` on ``address``, once its port is open.
 
     label: the process's name in messages (default mock-NAME).
     tls: (certificate, key): serve https.
     """
-    port = port or free_port()
-    args = [str(python), "-m", "mock", "--port", str(port), "--name", name]
+    port = port or free_port(address)
+    args = [str(python), "-m", "mock", "--port", str(port), "--name", name, "--address", address]
     args += ["--keepalive", str(keepalive), "--status", str(status)]
     if tls is not None:
         args += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
-    return Server(label or f"mock-{name}", args, port, cwd=REPO, log=log, timeout=timeout)
+    return Server(
+        label or f"mock-{name}", args, port, cwd=REPO, log=log, timeout=timeout, address=address
+    )
 
 
 def json_text(document: dict) -> str:

@@ -374,13 +374,15 @@ class Server(Spawned):
         log: Path | None = None,
         more_ports: Iterable[int] = (),
         timeout: float = 15.0,
+        address: str = LOOPBACK,
     ):
         log = Path(log) if log else temporary_log(name)
         super().__init__(name, launch(args, log, env=env, cwd=cwd, fresh_log=True), log)
         self.port = port
+        self.address = address
         try:
             for each in (port, *more_ports):
-                wait_for_port(each, self, timeout)
+                wait_for_port(each, self, timeout, address)
         except StartError as error:
             self.stop()
             # The whole log: a server's start-up failure is short, and all of it matters.

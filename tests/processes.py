@@ -13,6 +13,8 @@ import contextlib
 import functools
 import os
 import re
+import shutil
+import signal
 import socket
 import struct
 import sys
@@ -27,6 +29,7 @@ from devkit.processes import Server, free_port
 
 __all__ = [
     "REPO",
+    "Dnsmasq",
     "Proxy",
     "RawServer",
     "StatsdDaemon",
@@ -121,6 +124,43 @@ class RawServer:
         self.listener.close()
         for conn in self.held:
             conn.close()
+
+
+class Dnsmasq(Server):
+    """A real DNS server (Debian's dnsmasq-base, scripts/install/dns.sh) answering
+    for ``svc.test`` from a hosts file with a TTL of 1 s. ``set`` rewrites the
+    file and sends SIGHUP; ``srv``: ``--srv-host`` values (fixed for its life)."""
+
+    def __init__(self, directory: Path, records: dict[str, list[str]], srv: tuple[str, ...] = ()):
+        directory.chmod(0o755)  # dnsmasq reads the file again as nobody on SIGHUP
+        port = free_port()
+        self.hosts = directory / f"dns-hosts-{port}"
+        self._write(records)
+        args = [
+            shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",  # sbin: off a user's PATH
+            "--keep-in-foreground",
+            f"--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            f"--addn-hosts={self.hosts}",
+            "--local=/svc.test/",
+            "--local-ttl=1",
+            "--pid-file=",
+            "--log-facility=-",
+            *(f"--srv-host={record}" for record in srv),
+        ]
+        super().__init__("dnsmasq", args, port)
+
+    def _write(self, records: dict[str, list[str]]) -> None:
+        lines = [f"{ip} {name}" for name, ips in records.items() for ip in ips]
+        self.hosts.write_text("".join(line + "\n" for line in lines))
+        self.hosts.chmod(0o644)
+
+    def set(self, records: dict[str, list[str]]) -> None:
+        self._write(records)
+        self.signal(signal.SIGHUP)
 
 
 STATSD_JS = REPO / "tools" / "statsd" / "node_modules" / "statsd" / "stats.js"

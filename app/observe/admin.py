@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 
 from app.config import Host, Service
 from app.traffic.health import Health
@@ -43,8 +44,8 @@ class AdminApp:
     def health_of(self, service: Service) -> Health:
         """The pod's view of a service's hosts, whether this worker served it or not."""
         route = self.router.routes.get(service.domain)
-        if route is not None:
-            return route.health
+        if route is not None or service.discover:  # resolved hosts: the route has them
+            return self.router.route(service.domain).health
         health = Health(service, state=self.router.zone.service(service))
         if self.router.on_health_event is not None:  # it may see an ejection end
             hook = self.router.on_health_event
@@ -65,9 +66,12 @@ class AdminApp:
     def status(self, start_response):
         services = []
         for domain, service in self.router.services.items():
+            health = self.health_of(service)
             route = self.router.routes.get(domain)
-            tunnels = route.tunnels if route is not None else 0
-            services.append(service_status(service, self.health_of(service), tunnels))
+            status = service_status(health.service, health, route.tunnels if route else 0)
+            if route is not None and route.names:
+                _resolved(status, route)
+            services.append(status)
         pod = {
             "worker_pid": os.getpid(),
             "prober_pid": _alive(self.router.zone.area.prober_pid),
@@ -89,6 +93,33 @@ def service_status(service: Service, health: Health, tunnels: int = 0) -> dict:
         "tunnels": tunnels,
         "hosts": [host_status(health, host) for host in service.hosts],
     }
+
+
+def _resolved(status: dict, route) -> None:
+    """A service with resolved names: where each host came from, and each name's last lookup."""
+    for host, entry in zip(route.service.hosts, status["hosts"], strict=True):
+        entry["resolved_from"] = route.resolved_from.get(host)
+    status["names"] = []
+    for entry, _ in route.names:
+        document = route.documents.get(entry.name, {})
+        at = document.get("resolved_at")
+        status["names"].append(
+            {
+                "name": entry.srv or entry.address,
+                "port": entry.port,  # None for SRV: the records give the ports
+                "resolved_at": _iso(at) if at else None,
+                "ttl": document.get("ttl"),
+                "error": document.get("error"),
+                "failures_in_a_row": document.get("failures", 0),
+                "lookups": document.get("lookups", 0),
+                "errors": document.get("errors", 0),
+                "hosts": len(document.get("hosts", ())),
+            }
+        )
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 def host_status(health: Health, host: Host) -> dict:

@@ -21,6 +21,8 @@ Naming (prefix ``lbproxy`` by default; ``<service>`` is the service's name and
   <prefix>.<service>.tunnels.opened / .closed.<reason> / .bytes_in / .bytes_out   counter
       WebSocket tunnels (reason: client, upstream, idle, shutdown)
   <prefix>.<service>.tunnels_active.<pid>    gauge  tunnels open, per worker
+  <prefix>.<service>.dns_lookups / dns_errors   counter  lookups of its resolved names
+  <prefix>.<service>.dns_hosts.<pid>         gauge  hosts its resolved names give
   <prefix>.<service>.hosts.<host>.pool_idle.<pid>  gauge  idle pooled connections, per worker
 
 Gauges are per worker (sum them in Graphite: ``sumSeries(...in_flight.*)``):
@@ -172,6 +174,14 @@ class Metrics:
             self.active.add(service)
             self._count(f"{safe(service)}.hosts.{safe(host)}.{event}")
 
+    def dns_lookup(self, service: str, answered: bool) -> None:
+        """A lookup of one of the service's resolved names (the prober's only)."""
+        if self.client is not None:
+            self.active.add(service)
+            self._count(f"{safe(service)}.dns_lookups")
+            if not answered:
+                self._count(f"{safe(service)}.dns_errors")
+
     def flush(self) -> None:
         """Send what was collected (the counters summed since the last flush)."""
         if self.client is None or not (self.counters or self.timers):
@@ -205,6 +215,8 @@ class Metrics:
             pipe.gauge(f"{service}.in_flight.{pid}", route.state.worker_in_flight())
             pipe.gauge(f"{service}.hosts_in_rotation.{pid}", len(route.health.in_rotation()))
             pipe.gauge(f"{service}.tunnels_active.{pid}", route.tunnels)
+            if route.names:
+                pipe.gauge(f"{service}.dns_hosts.{pid}", len(route.resolved_from))
             for host in route.service.hosts:
                 idle = pools.idle(host)
                 pipe.gauge(f"{service}.hosts.{safe(host.name)}.pool_idle.{pid}", idle)

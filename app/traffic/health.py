@@ -160,33 +160,63 @@ class HealthChecker:
     hosts are not probed in step. A probe is one GET on a new
     connection, with the service's upstream TLS settings, read by the same
     strict response reader as proxied traffic; any answer below 400 is healthy.
+
+    ``health`` is a Health, or a callable giving the route's current one: the
+    hosts of a service with resolved names change (app/traffic/discovery.py),
+    and each interval the checker starts probing new hosts and stops probing
+    hosts that left.
     """
 
-    def __init__(self, health: Health, pools, spawn: Callable, tls=None):
-        self.health = health
+    def __init__(self, health: Health | Callable[[], Health], pools, spawn: Callable, tls=None):
+        self.health_of = health if callable(health) else lambda: health
         self.pools = pools  # app/upstream/pool.Pools, with the probe Session's settings
         self.spawn = spawn
         self.tls = tls  # app/upstream/tls.UpstreamTLSTarget, or None for plain HTTP
         self.greenlets = []
+        self.probing: dict[Host, object] = {}  # host -> its greenlet
+
+    @property
+    def health(self) -> Health:
+        return self.health_of()
 
     def start(self) -> None:
-        for host in self.health.service.hosts:
-            self.greenlets.append(self.spawn(self._run, host))
+        self.greenlets.append(self.spawn(self._supervise))
 
     def stop(self) -> None:
         import gevent
 
-        gevent.killall(self.greenlets, block=False)
+        gevent.killall([*self.greenlets, *self.probing.values()], block=False)
         self.greenlets = []
+        self.probing = {}
+
+    def _supervise(self) -> None:
+        import gevent
+
+        while True:
+            try:
+                self.follow(self.health.service.hosts)
+            except Exception:  # never let the probes of new hosts stop for good
+                log.exception("lbproxy: health checks of %s", self.health.service.name)
+            gevent.sleep(self.health.service.health_check.interval)
+
+    def follow(self, hosts: tuple[Host, ...]) -> None:
+        """Probe exactly ``hosts``: start the new ones, stop those that left."""
+        for host in set(self.probing) - set(hosts):
+            self.probing.pop(host).kill(block=False)
+        for host in hosts:
+            if host not in self.probing:
+                self.probing[host] = self.spawn(self._run, host)
 
     def _run(self, host: Host) -> None:
         import gevent
 
-        check = self.health.service.health_check
-        gevent.sleep(random.uniform(0, check.interval))
+        gevent.sleep(random.uniform(0, self.health.service.health_check.interval))
         while True:
-            self.health.record_probe(host, self.probe(host))
-            gevent.sleep(check.interval)
+            healthy = self.probe(host)
+            health = self.health
+            if host in health.states:  # still a host of the service
+                health.record_probe(host, healthy)
+            gevent.sleep(health.service.health_check.interval)
 
     def probe(self, host: Host) -> bool:
         from app.http.framing import send_all

@@ -15,22 +15,27 @@ sees the event. Two workers writing the same health word at the same moment
 can lose one of the two updates, which costs one failure count, never a host.
 
 Layout (native byte order and alignment; ``S`` service slots, ``H`` host
-slots, ``W`` worker columns, all fixed when the master maps the area):
+slots, ``W`` worker columns, ``N`` name records for ``resolve: true`` entries,
+each with a block of ``ADDRESSES`` host slots after the ``H`` fixed ones, so
+``H'`` = H + ADDRESSES x N; all fixed when the master maps the area):
 
 ====================  =====================  ==========================================
 array                 words                  per slot
 ====================  =====================  ==========================================
 ``pod``               4 x int64              prober pid, 3 spare
 ``services``          S x 2 x int64          health generation, round-robin counter
-``host_times``        H x 2 x double         ejected until, returned at
+``host_times``        H' x 2 x double        ejected until, returned at
                                              (``time.monotonic()``: one clock for
                                              every process of the machine)
-``host_counts``       H x 4 x int32          failures in a row, ejections,
+``host_counts``       H' x 4 x int32         failures in a row, ejections,
                                              health check down (0/1), probe streak
-``in_flight``         (S + H) x W x int32    requests in flight, one word per worker
+``in_flight``         (S + H') x W x int32   requests in flight, one word per worker
+``name_sequences``    N x int64              odd while the record is written
+``name_bytes``        N x 4096 bytes         the name's last lookup, JSON (NameRecord)
 ====================  =====================  ==========================================
 
-A service's slot is keyed by its name, a host's by (service name, address:port).
+A service's slot is keyed by its name, a host's by (service name, address:port),
+a name's by (service name, entry).
 On SIGHUP the master places the new config: names it has seen keep their
 slots (and with them ejections, health and counts); new ones get slots never
 used before; slots of hosts that left are reused, zeroed, only once every
@@ -41,6 +46,7 @@ refused like any invalid file.
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
 import os
@@ -57,6 +63,10 @@ SERVICE_WORDS = 2  # generation, round-robin counter
 HOST_TIMES = 2  # ejected_until, returned_at
 HOST_COUNTS = 4  # failures, ejections, active_down, active_streak
 PROBER_PID = 0  # index in the pod words
+# A DNS name's record (app/traffic/discovery.py): its addresses, as JSON, behind a
+# sequence word (odd while it is written), and a block of host slots, one per address.
+ADDRESSES = 64
+NAME_BYTES = 4096
 
 
 class AreaFull(ConfigError):
@@ -68,17 +78,25 @@ class Capacity:
     services: int
     hosts: int
     columns: int
+    names: int = 0  # `resolve: true` entries, each with ADDRESSES host slots of its own
 
     @classmethod
     def for_config(cls, config: ProxyConfig, workers: int) -> Capacity:
         """Room for the config four times over (hosts come and go on reloads), and a
         column for each worker of a reload's two generations, twice over."""
         hosts = sum(len(service.hosts) for service in config.services)
+        names = sum(len(service.discover) for service in config.services)
         return cls(
             services=max(256, 4 * len(config.services)),
             hosts=max(1024, 4 * hosts),
             columns=max(8, 4 * workers),
+            names=max(16, 4 * names),
         )
+
+    @property
+    def host_rows(self) -> int:
+        """Host slots: the fixed hosts', then a block of ADDRESSES per name."""
+        return self.hosts + self.names * ADDRESSES
 
 
 class SharedArea:
@@ -86,13 +104,15 @@ class SharedArea:
 
     def __init__(self, capacity: Capacity):
         self.capacity = capacity
-        s, h, w = capacity.services, capacity.hosts, capacity.columns
+        s, h, w, n = capacity.services, capacity.host_rows, capacity.columns, capacity.names
         sizes = (
             ("q", POD_WORDS),
             ("q", s * SERVICE_WORDS),
             ("d", h * HOST_TIMES),
             ("i", h * HOST_COUNTS),
             ("i", (s + h) * w),
+            ("q", n),
+            ("B", n * NAME_BYTES),
         )
         self.memory = mmap.mmap(-1, sum(struct.calcsize(kind) * n for kind, n in sizes))
         views, offset = [], 0
@@ -100,14 +120,16 @@ class SharedArea:
             size = struct.calcsize(kind) * count
             views.append(memoryview(self.memory)[offset : offset + size].cast(kind))
             offset += size
-        self.pod, self.services, self.host_times, self.host_counts, self.in_flight = views
+        self.pod, self.services, self.host_times, self.host_counts, self.in_flight = views[:5]
+        self.name_sequences, self.name_bytes = views[5:]
         self.column = 0  # this process's worker column; set by the master before each fork
         self.lock_fd: int | None = None  # the prober election's file (ProberLock)
         # The master's books: slots by key, and columns by the workers holding them.
         self._service_slots: dict[str, int] = {}
         self._host_slots: dict[tuple[str, str], int] = {}
-        self._used = {"service": 0, "host": 0}  # slots below these were handed out
-        self._freed: dict[str, deque[int]] = {"service": deque(), "host": deque()}
+        self._name_slots: dict[tuple[str, str], int] = {}
+        self._used = {"service": 0, "host": 0, "name": 0}  # slots below these were handed out
+        self._freed: dict[str, deque[int]] = {"service": deque(), "host": deque(), "name": deque()}
         self._holders = [0] * w
 
     # --- the master: slots for a config ----------------------------------
@@ -118,11 +140,18 @@ class SharedArea:
         hosts = {
             (service.name, host.name): None for service in config.services for host in service.hosts
         }
+        names = {
+            (service.name, entry.name): None
+            for service in config.services
+            for entry in service.discover
+        }
         self._fit("service", services, self._service_slots, "services")
         self._fit("host", hosts, self._host_slots, "hosts")
+        self._fit("name", names, self._name_slots, "resolved names")
         self._service_slots = self._assign("service", services, self._service_slots)
         self._host_slots = self._assign("host", hosts, self._host_slots)
-        return Zone(self, dict(self._service_slots), dict(self._host_slots))
+        self._name_slots = self._assign("name", names, self._name_slots)
+        return Zone(self, dict(self._service_slots), dict(self._host_slots), dict(self._name_slots))
 
     def _fit(self, kind: str, wanted: dict, held: dict, what: str) -> None:
         new = sum(1 for key in wanted if key not in held)
@@ -156,12 +185,29 @@ class SharedArea:
         w = self.capacity.columns
         if kind == "service":
             self.services[slot * SERVICE_WORDS : (slot + 1) * SERVICE_WORDS] = _zeros("q", 2)
-            row = slot
-        else:
-            self.host_times[slot * HOST_TIMES : (slot + 1) * HOST_TIMES] = _zeros("d", 2)
-            self.host_counts[slot * HOST_COUNTS : (slot + 1) * HOST_COUNTS] = _zeros("i", 4)
-            row = self.capacity.services + slot
-        self.in_flight[row * w : (row + 1) * w] = _zeros("i", w)
+            self.in_flight[slot * w : (slot + 1) * w] = _zeros("i", w)
+        elif kind == "host":
+            self.zero_host(slot, in_flight=True)
+        else:  # a name: its record and its block of hosts
+            self.name_sequences[slot] = 0
+            self.name_bytes[slot * NAME_BYTES : slot * NAME_BYTES + 4] = _zeros("B", 4)
+            first = self.capacity.hosts + slot * ADDRESSES
+            for host_slot in range(first, first + ADDRESSES):
+                self.zero_host(host_slot, in_flight=True)
+
+    def zero_host(self, slot: int, in_flight: bool = False) -> None:
+        """Forget a host slot's health (and its in-flight words, when no worker can
+        still be counting on them)."""
+        self.host_times[slot * HOST_TIMES : (slot + 1) * HOST_TIMES] = _zeros("d", 2)
+        self.host_counts[slot * HOST_COUNTS : (slot + 1) * HOST_COUNTS] = _zeros("i", 4)
+        if in_flight:
+            w, row = self.capacity.columns, self.capacity.services + slot
+            self.in_flight[row * w : (row + 1) * w] = _zeros("i", w)
+
+    def host_in_flight(self, slot: int) -> int:
+        """Requests in flight to a host slot, every worker's."""
+        w, row = self.capacity.columns, self.capacity.services + slot
+        return max(0, sum(self.in_flight[row * w : (row + 1) * w]))
 
     # --- the master: a column per worker ---------------------------------
 
@@ -220,11 +266,16 @@ class Zone:
     """
 
     def __init__(
-        self, area: SharedArea, services: dict[str, int], hosts: dict[tuple[str, str], int]
+        self,
+        area: SharedArea,
+        services: dict[str, int],
+        hosts: dict[tuple[str, str], int],
+        names: dict[tuple[str, str], int] | None = None,
     ):
         self.area = area
         self.service_slots = services
         self.host_slots = hosts
+        self.name_slots = names or {}
 
     @classmethod
     def private(cls, config: ProxyConfig, workers: int = 1, exact: bool = False) -> Zone:
@@ -232,14 +283,72 @@ class Zone:
         but the processes this one forks. ``exact``: no room to grow (a lone balancer)."""
         if exact:
             hosts = sum(len(service.hosts) for service in config.services)
-            capacity = Capacity(len(config.services), hosts, workers)
+            names = sum(len(service.discover) for service in config.services)
+            capacity = Capacity(len(config.services), hosts, workers, names)
         else:
             capacity = Capacity.for_config(config, workers)
         return SharedArea(capacity).place(config)
 
-    def service(self, service: Service) -> ServiceState:
-        slots = tuple(self.host_slots[(service.name, host.name)] for host in service.hosts)
-        return ServiceState(self.area, self.service_slots[service.name], slots, service.hosts)
+    def service(self, service: Service, resolved: dict[Host, int] | None = None) -> ServiceState:
+        """A service's words; ``resolved``: the host slots of its resolved addresses."""
+        hosts = service.hosts
+        slots = [self.host_slots[(service.name, host.name)] for host in service.hosts]
+        if resolved:
+            hosts = hosts + tuple(resolved)
+            slots += resolved.values()
+        return ServiceState(self.area, self.service_slots[service.name], tuple(slots), hosts)
+
+    def name(self, service: Service, entry: Host) -> NameRecord:
+        return NameRecord(self.area, self.name_slots[(service.name, entry.name)])
+
+
+class NameRecord:
+    """A resolved name in the area: what the prober's resolver last found
+    (app/traffic/discovery.py), read by every worker.
+
+    The document is JSON, written between two bumps of a sequence word (odd
+    while it is being written): a reader that sees the word odd, or changed
+    under it, keeps what it had and reads again on its next request.
+    """
+
+    def __init__(self, area: SharedArea, slot: int):
+        self.area = area
+        self.slot = slot
+        self.first_host = area.capacity.hosts + slot * ADDRESSES  # address i: host slot first + i
+        self._start = slot * NAME_BYTES
+
+    @property
+    def sequence(self) -> int:
+        return self.area.name_sequences[self.slot]
+
+    def read(self) -> tuple[int, dict] | None:
+        """(sequence, document), or None while it is being written (or never was)."""
+        before = self.sequence
+        if before == 0 or before % 2:
+            return None
+        data = self.area.name_bytes[self._start : self._start + NAME_BYTES]
+        length = int.from_bytes(data[:4], "little")
+        document = bytes(data[4 : 4 + length])
+        if self.sequence != before:
+            return None
+        try:
+            return before, json.loads(document)
+        except ValueError:  # torn after all (weakly ordered memory): read it next time
+            return None
+
+    def write(self, document: dict) -> None:
+        data = json.dumps(document, separators=(",", ":")).encode()
+        if len(data) > NAME_BYTES - 4:
+            raise ValueError(f"a name's record holds {NAME_BYTES - 4} bytes, not {len(data)}")
+        sequences = self.area.name_sequences
+        sequence = sequences[self.slot]
+        # Odd while it is written, whatever it held: a writer killed mid-write
+        # leaves it odd, and the next writer must not make that even.
+        sequences[self.slot] = sequence + 1 + (sequence & 1)
+        start = self._start
+        self.area.name_bytes[start : start + 4] = memoryview(len(data).to_bytes(4, "little"))
+        self.area.name_bytes[start + 4 : start + 4 + len(data)] = memoryview(data)
+        sequences[self.slot] += 1
 
 
 class ServiceState:

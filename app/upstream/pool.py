@@ -120,6 +120,7 @@ class HostPool:
         self._context: ssl.SSLContext | None = None  # made on the first connect
         self.idle: list[UpstreamConnection] = []  # oldest first
         self.clock: Callable[[], float] = time.monotonic
+        self.closed = False  # the host left: connections in use are closed when done
 
     def checkout(
         self, connect_timeout: float, idle_timeout: float
@@ -172,7 +173,7 @@ class HostPool:
     def checkin(self, connection: UpstreamConnection) -> None:
         """Keep a connection the caller proved clean (see the module docstring)."""
         connection.deadline = None
-        if len(self.idle) >= self.maxsize:
+        if self.closed or len(self.idle) >= self.maxsize:
             connection.close()
             return
         connection.idle_since = self.clock()
@@ -183,6 +184,7 @@ class HostPool:
 
     def close(self) -> None:
         """Close every idle connection (the host left the config)."""
+        self.closed = True
         idle, self.idle = self.idle, []
         for connection in idle:
             connection.close()
@@ -210,6 +212,11 @@ class Pools:
         if pool is None:
             pool = self.pools[key] = HostPool(address, port, self.maxsize, self.socket_options, tls)
         return pool
+
+    def drop(self, address: str, port: int) -> None:
+        """A host left: close its idle connections (those in use close when done)."""
+        for key in [key for key in self.pools if key[:2] == (address, port)]:
+            self.pools.pop(key).close()
 
     def idle(self, address: str, port: int) -> int:
         """Idle connections kept open to a host, over all its TLS settings (pool gauge)."""

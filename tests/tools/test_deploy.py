@@ -257,6 +257,15 @@ def test_demo_routes_the_demo_domains_to_the_mock_service_by_dns_name():
         for host in routed.hosts:
             assert host.address.split(".")[0] == "lbserverdown", host
             assert host.port in ports, host
+    # Discovery: a headless Service of the same pods, resolved by lbproxy itself.
+    headless = one(docs, "Service", "lbserverdown-pods")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == service["spec"]["selector"]
+    resolved = [entry for routed in config.services for entry in routed.discover]
+    assert resolved, "the demo shows resolve: true"
+    for entry in resolved:
+        assert entry.address.split(".")[0] == "lbserverdown-pods", entry
+        assert entry.port in {p["port"] for p in headless["spec"]["ports"]}
     mock = one(docs, "Deployment", "lbserverdown")
     assert mock["spec"]["replicas"] == 3
     assert selects(service["spec"]["selector"], mock["spec"]["template"]["metadata"]["labels"])

@@ -26,13 +26,15 @@ def test_every_key_of_every_block_is_documented_in_a_section():
                 assert spec.metadata["check"] in blocks
     # Every block the loader reads has a section.
     top = {config.Listen, config.Admin, config.Limits, config.Statsd, config.Service, config.Host}
+    top |= {config.Resolver, config.Affinity}
     assert top <= blocks
 
 
 def test_a_row_shows_default_required_and_nested_blocks():
     text = config_reference.render()
     assert "| `read` | `30` | seconds to wait for each read" in text
-    assert "| `name` | required |" in text and "| `address` | required |" in text
+    assert "| `name` | required |" in text and "| `domain` | required |" in text
+    assert "| `address` | none | IPv4/IPv6 literal or DNS name" in text  # required unless srv
     assert (
         "| `health_check` | off | active health checks: see [`health_check`](#health_check)" in text
     )

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from app.config import ConfigError, parse_config
+from app.config import ConfigError, Host, parse_config
 from app.traffic.affinity import CookieAffinity, HashAffinity, cookie_in
 from app.traffic.routing import Router
 from tests.processes import REPO
@@ -268,3 +268,17 @@ proxy:
     assert b.affinity.cookie is None and b.affinity.hash.header == "X-User"
     assert c.affinity is None
     assert (d.affinity.cookie.name, d.affinity.cookie.ttl) == ("lbproxy_affinity", None)
+
+
+def test_a_cookie_host_the_route_no_longer_has_is_no_cookie():
+    route = Router(
+        parse_config(f"""
+proxy:
+  services:
+    - {{name: web, domain: web.test, hosts: {HOSTS}, affinity: {{cookie: {{}}}}}}
+""")
+    ).route("web.test")
+    gone = Host("10.9.9.9", 8080)  # a resolved address that left since the first try
+    lease = route.pick([], gone)
+    assert lease.host in route.service.hosts
+    lease.release()
