@@ -619,6 +619,47 @@ def host_entry(value: Any, where: str) -> Host:
     return host
 
 
+def limit_key(value: Any, where: str) -> str:
+    """``client_ip``, ``service`` or ``header:NAME``."""
+    if value in ("client_ip", "service"):
+        return value
+    if isinstance(value, str) and value.startswith("header:"):
+        token("a header name")(value[len("header:") :], where)
+        return value
+    raise ConfigError(where, f"expected client_ip, service or header:NAME, got {_describe(value)}")
+
+
+SCOPES = ("local", "global")
+
+
+def scope(value: Any, where: str) -> str:
+    if value not in SCOPES:
+        raise ConfigError(where, f"expected local or global, got {_describe(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Requests per second per key (docs/ratelimit.md): GCRA, as nginx's `limit_req
+    ... burst=N nodelay`; beyond it `429` with `Retry-After`."""
+
+    rate: float = setting(None, number(0.001, 10**6), "requests per second", required=True)
+    burst: int = setting(
+        0, integer(0, 10**6), "extra requests at once: after an idle moment, `burst + 1` pass"
+    )
+    key: str = setting(
+        "client_ip",
+        limit_key,
+        "`client_ip` (the peer, or `X-Forwarded-For` from `proxy.trusted_proxies`),"
+        " `service` (one bucket), or `header:NAME` (the client IP without it)",
+    )
+    scope: str = setting(
+        "local",
+        scope,
+        "`local` (this proxy's pod) or `global` (every replica, through `proxy.redis`)",
+    )
+
+
 @dataclass(frozen=True)
 class Policy:
     """What a service may set, and `proxy.defaults` sets for all of them, key by key."""
@@ -643,6 +684,7 @@ class Policy:
         "circuit breaker: requests in flight for the service, counted over all the pod's"
         " workers; beyond it `503` with `Retry-After: 1`",
     )
+    rate_limit: RateLimit | None = setting(None, RateLimit, "rate limiting per key")
     max_tunnels: int | None = setting(
         None,
         optional(integer(1, 10**6)),
@@ -735,6 +777,42 @@ class Resolver:
     family: str = setting("ipv4", family, "`ipv4` (A records), `ipv6` (AAAA) or `any` (both)")
 
 
+def redis_url(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not re.match(r"(rediss?|unix)://", value):
+        raise ConfigError(
+            where, f"expected a URL such as redis://host:6379/0, got {_describe(value)}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Redis:
+    """The Redis that `scope: global` rate limits share (docs/ratelimit.md)."""
+
+    url: str = setting(
+        None, redis_url, "`redis://host:6379/0` (`rediss://` for TLS)", required=True
+    )
+    timeout: float = setting(
+        0.05,
+        number(0.001, 10),
+        "seconds to connect and for each answer; no retries (a failure fails open)",
+    )
+
+
+def networks(value: Any, where: str) -> tuple:
+    if not isinstance(value, list):
+        raise ConfigError(where, f"expected a list of CIDRs, got {_describe(value)}")
+    checked = []
+    for i, item in enumerate(value):
+        try:
+            checked.append(ipaddress.ip_network(item, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}[{i}]", f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}"
+            ) from None
+    return tuple(checked)
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     services: tuple[Service, ...]
@@ -745,6 +823,8 @@ class ProxyConfig:
     statsd: Statsd = Statsd()
     source: str = "<memory>"
     resolver: Resolver = Resolver()
+    redis: Redis | None = None
+    trusted_proxies: tuple = ()  # ipaddress networks whose X-Forwarded-For is believed
 
     @property
     def listen(self) -> Listen:
@@ -799,7 +879,16 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
         value,
         where,
         required={"services"},
-        optional={"listen", "admin", "limits", "defaults", "statsd", "resolver"},
+        optional={
+            "listen",
+            "admin",
+            "limits",
+            "defaults",
+            "statsd",
+            "resolver",
+            "redis",
+            "trusted_proxies",
+        },
     )
     listeners = _listeners(data.get("listen"), f"{where}.listen")
     admin = block(Admin, data.get("admin"), f"{where}.admin")
@@ -812,7 +901,26 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
     limits = block(Limits, data.get("limits"), f"{where}.limits")
     statsd = block(Statsd, data.get("statsd"), f"{where}.statsd")
     resolver = block(Resolver, data.get("resolver"), f"{where}.resolver")
-    return ProxyConfig(services, listeners, admin, limits, defaults, statsd, source, resolver)
+    redis = block(Redis, data["redis"], f"{where}.redis") if data.get("redis") else None
+    trusted = networks(data.get("trusted_proxies") or [], f"{where}.trusted_proxies")
+    if redis is None:
+        _global_needs_redis(services, defaults, where)
+    return ProxyConfig(
+        services, listeners, admin, limits, defaults, statsd, source, resolver, redis, trusted
+    )
+
+
+def _global_needs_redis(services: tuple[Service, ...], defaults: Policy, where: str) -> None:
+    """``scope: global`` shares buckets through ``proxy.redis``: both or neither."""
+    places = [(f"{where}.defaults", defaults)] + [
+        (f"{where}.services[{i}]", service) for i, service in enumerate(services)
+    ]
+    for place, policy in places:
+        if policy.rate_limit is not None and policy.rate_limit.scope == "global":
+            raise ConfigError(
+                f"{place}.rate_limit.scope",
+                f"global needs {where}.redis (its url): the replicas share their buckets there",
+            )
 
 
 def _listeners(value: Any, where: str) -> tuple[Listen, ...]:

@@ -26,6 +26,7 @@ SECTIONS = (
     ("proxy.limits", config.Limits),
     ("proxy.statsd", config.Statsd),
     ("proxy.resolver", config.Resolver),
+    ("proxy.redis", config.Redis),
     ("proxy.services[]", config.Service),
     ("proxy.services[].hosts[]", config.Host),
     ("timeout", config.Timeout),
@@ -33,6 +34,7 @@ SECTIONS = (
     ("outlier", config.Outlier),
     ("health_check", config.HealthCheck),
     ("upstream_tls", config.UpstreamTLS),
+    ("rate_limit", config.RateLimit),
     ("affinity", config.Affinity),
     ("affinity.cookie", config.AffinityCookie),
     ("affinity.hash", config.AffinityHash),
@@ -64,6 +66,10 @@ key (a service setting only `timeout.read` keeps the default `connect`). The
 `timeout`, `retry`, `outlier`, `health_check`, `upstream_tls` and `affinity`
 blocks below are keys of `proxy.defaults` and of each service (`affinity` is
 taken whole: a service's replaces the default's).
+
+`proxy.trusted_proxies` is a list of CIDRs (`[10.0.0.0/8, 192.168.1.7/32]`)
+whose `X-Forwarded-For` is believed for rate limits keyed by `client_ip`
+(docs/ratelimit.md); by default none is, and the peer's address counts.
 
 Validation names the exact place and the reason, and lbproxy does not start
 (on a reload, the running config stays):

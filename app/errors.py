@@ -6,6 +6,8 @@ a traceback) and a ``kind``: the name metrics and the access log use for it.
 
 from __future__ import annotations
 
+import math
+
 
 class ProxyError(Exception):
     status = "502 Bad Gateway"
@@ -82,6 +84,28 @@ class Overloaded(ProxyError):
 
     def headers(self) -> list[tuple[str, str]]:
         return [("Retry-After", "1")]
+
+
+class RateLimited(ProxyError):
+    """The client's key is over its service's ``rate_limit`` (app/traffic/ratelimit.py)."""
+
+    status = "429 Too Many Requests"
+    kind = "rate_limited"
+    message = "too many requests; retry after the time in Retry-After"
+
+    def __init__(self, wait: float, quota: int, window: int):
+        super().__init__(f"rate limited for {wait:.3f} s")
+        self.retry_after = max(1, math.ceil(wait))  # whole seconds, rounded up, at least 1
+        self.quota = quota
+        self.window = window
+
+    def headers(self) -> list[tuple[str, str]]:
+        # RateLimit-Policy and RateLimit: draft-ietf-httpapi-ratelimit-headers (structured fields).
+        return [
+            ("Retry-After", str(self.retry_after)),
+            ("RateLimit-Policy", f'"lbproxy";q={self.quota};w={self.window}'),
+            ("RateLimit", f'"lbproxy";r=0;t={self.retry_after}'),
+        ]
 
 
 class TooManyTunnels(Overloaded):

@@ -45,6 +45,7 @@ from app.process import settings
 from app.process.master import active_config, active_zone
 from app.traffic.discovery import Discovery
 from app.traffic.health import HealthChecker
+from app.traffic.ratelimit import make_limiters
 from app.traffic.retry import STATUS
 from app.traffic.routing import Route, Router
 from app.traffic.shared import ProberLock, Zone
@@ -81,6 +82,8 @@ class Proxy:
         self.checkers: list[HealthChecker] = []
         self.discovery = None  # the pod's DNS loop, in the prober (app/traffic/discovery.py)
         self.router.on_hosts_removed = self._forget_hosts
+        # Each limited service's rate limit (app/traffic/ratelimit.py), by name.
+        self.limiters = make_limiters(config, self.router.zone.area, self.metrics.ratelimit_event)
         warn_unverified(config.services)
 
     def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
@@ -158,6 +161,9 @@ class Proxy:
             request = parse_request(environ, self.max_body_size, record.request_id)
             route = self.router.route(request.domain)
             record.service = route.service.name
+            limiter = self.limiters.get(route.service.name)
+            if limiter is not None:  # once per request: retries inside are not counted
+                limiter.check(environ.get("REMOTE_ADDR", ""), request.headers)
             if request.upgrade is not None:
                 if self.stopping:
                     raise WorkerStopping(route.service.name)

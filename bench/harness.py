@@ -40,12 +40,13 @@ from devkit.processes import (
     free_port,
     memory_kib,
     system_busy_ticks,
+    wait_for_port,
     wait_until,
 )
 
 REPO = peers.REPO
 INSTALL = REPO / "scripts" / "install" / "bench.sh"
-SECTIONS = ("main", "bodies", "concurrency", "domains", "micro", "tls", "websocket")
+SECTIONS = ("main", "bodies", "concurrency", "domains", "micro", "tls", "websocket", "ratelimit")
 MAIN_CONNECTIONS = (1, 100, 400)
 SWEEP_CONNECTIONS = (1, 10, 100, 400, 1000)
 SWEEP_PEERS = ("haproxy", "lbproxy-2w")
@@ -59,6 +60,8 @@ ORDER = (
     "lbproxy-2w",
     "lbproxy-2w-10k",
     "lbproxy-2w-off",
+    "lbproxy-2w-limit-local",
+    "lbproxy-2w-limit-global",
     "lbproxy",
     "lbproxy-1w",
     "lbproxy-1w-off",
@@ -157,6 +160,10 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
             if "websocket" in sections:
                 sessions.append((peer, ws_cases()))
             continue
+        if peer.limit:  # and the ratelimit section's, against lbproxy-2w's ratelimit case
+            if "ratelimit" in sections:
+                sessions.append((peer, [Case("ratelimit", 100)]))
+            continue
         main = (
             sorted(options.connections) if "main" in sections and name != "lbproxy-2w-10k" else []
         )
@@ -173,6 +180,8 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
         domains = []
         if "domains" in sections and name in ("lbproxy-2w", "lbproxy-2w-10k"):
             domains = [Case("domains", 100)]
+        if "ratelimit" in sections and name == "lbproxy-2w":
+            domains.append(Case("ratelimit", 100))  # the no-limit baseline, same run
         cases = low + bodies + high + sweep + domains
         if cases:
             sessions.append((peer, cases))
@@ -458,6 +467,7 @@ class Runner:
         self.sessions.append(session)
         home = self.tmp / peer.name
         sink = None
+        redis = None
         process = None
         try:
             if peer.ws:
@@ -478,6 +488,12 @@ class Runner:
                 }
                 if peer.tls:
                     extra["tls"] = self.certificate()
+                if peer.limit == "global":
+                    extra["redis_port"] = free_port()
+                    redis = self.procs.start(
+                        "redis", peers.redis_args(extra["redis_port"]), self.tmp / "redis.log"
+                    )
+                    wait_for_port(extra["redis_port"], redis)
                 target = self.echo_port if peer.ws else self.upstream_port
                 launch = peers.launch(peer, home, port, target, extra)
                 session["command"] = launch.command()
@@ -540,6 +556,8 @@ class Runner:
             if sink is not None:
                 self.procs.stop(sink)
                 session["features"] = features_seen(home, peer)
+            if redis is not None:
+                self.procs.stop(redis)
 
     def measure_quietly(self, peer, process, port, case: Case, sink) -> dict:
         """Measure; if other processes took >= QUIET_PCT of the CPU, wait and measure again.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Peer:
     python: bool = False  # needs bench/.venv-peers
     tls: bool = False  # terminates TLS (the tls section): the listener is https
     ws: bool = False  # the websocket section: in front of the WebSocket echo upstream
+    limit: str | None = None  # the ratelimit section: a rate_limit of this scope, never reached
 
 
 PEERS = {
@@ -74,6 +76,22 @@ PEERS = {
         Peer("lbproxy-1w-off", "lbproxy 1 worker, off", "lbproxy", 1, False),
         Peer("lbproxy-2w-off", "lbproxy 2 workers, off", "lbproxy", 2, False),
         Peer("lbproxy-2w-10k", "lbproxy 2 workers, on, 10,000 domains", "lbproxy", 2, True, 10_000),
+        Peer(
+            "lbproxy-2w-limit-local",
+            "lbproxy 2 workers, on, local rate limit",
+            "lbproxy",
+            2,
+            True,
+            limit="local",
+        ),
+        Peer(
+            "lbproxy-2w-limit-global",
+            "lbproxy 2 workers, on, global rate limit (Redis)",
+            "lbproxy",
+            2,
+            True,
+            limit="global",
+        ),
         Peer("haproxy-tls", "HAProxy (nbthread 2), TLS", "haproxy", tls=True),
         Peer("lbproxy-2w-tls", "lbproxy 2 workers, on, TLS", "lbproxy", 2, True, tls=True),
         Peer("ws-direct", "direct to the WebSocket echo", "direct", ws=True),
@@ -285,12 +303,25 @@ def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -
     raise ValueError(f"unknown peer kind {peer.kind}")
 
 
+# A limit the load never reaches: what is measured is the check, not refusals.
+BENCH_LIMIT = {"rate": 1_000_000, "burst": 1_000_000, "key": "client_ip"}
+
+
 def lbproxy_config(
-    port: int, admin_port: int, upstream_port: int, domains: int, files: tls.Files | None = None
+    port: int,
+    admin_port: int,
+    upstream_port: int,
+    domains: int,
+    files: tls.Files | None = None,
+    limit: str | None = None,
+    redis_port: int | None = None,
 ) -> dict:
-    """proxy.yaml; with files, the one listener is TLS (certificate, ALPN h2 and http/1.1)."""
+    """proxy.yaml; with files, the one listener is TLS (certificate, ALPN h2 and http/1.1);
+    with limit, the bench service has a rate_limit of that scope (global: Redis on redis_port)."""
     host = {"address": "127.0.0.1", "port": upstream_port}
     services = [{"name": "bench", "domain": BENCH_DOMAIN, "hosts": [host]}]
+    if limit is not None:
+        services[0]["rate_limit"] = {**BENCH_LIMIT, "scope": limit}
     services += [
         {"name": f"svc{i:05d}", "domain": f"svc{i:05d}.{BENCH_DOMAIN}", "hosts": [host]}
         for i in range(1, domains)
@@ -299,19 +330,30 @@ def lbproxy_config(
     if files is not None:
         certificate = {"cert": str(files.cert), "key": str(files.key)}
         listen = [{**listen, "tls": {"certificates": [certificate], "alpn": list(tls.ALPN)}}]
-    return {
+    document = {
         "proxy": {
             "listen": listen,
             "admin": {"address": "127.0.0.1", "port": admin_port},
             "services": services,
         }
     }
+    if limit == "global":
+        document["proxy"]["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "timeout": 0.05}
+    return document
 
 
 def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, extra: dict):
     config = home / "proxy.yaml"
     files = extra["tls"] if peer.tls else None
-    document = lbproxy_config(port, extra["admin_port"], upstream_port, peer.domains, files)
+    document = lbproxy_config(
+        port,
+        extra["admin_port"],
+        upstream_port,
+        peer.domains,
+        files,
+        peer.limit,
+        extra.get("redis_port"),
+    )
     config.write_text(yaml.safe_dump(document, sort_keys=False))
     for key in FEATURE_ENV:
         env.pop(key, None)
@@ -339,6 +381,12 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
     args = [str(LBPROXY_GUNICORN), "-c", "gunicorn.conf.py"]
     # SIGINT: gunicorn's quick shutdown (the load has ended; nothing is in flight).
     return Launch(args, env, signal.SIGINT, cwd=REPO, notes=notes)
+
+
+def redis_args(port: int) -> list[str]:
+    """The Redis the global rate-limit peer shares its buckets through (in memory only)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 
 def sink_args(port: int, report: Path) -> list[str]:

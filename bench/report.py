@@ -347,6 +347,30 @@ def domains_table(data: dict) -> list[str]:
     return _table(header, lines)
 
 
+def ratelimit_table(data: dict) -> list[str]:
+    """Rate limits (issue 19): no limit, a local one, a global one, in one run."""
+    rows = [r for r in data["results"] if r["section"] == "ratelimit"]
+    base = next((r for r in rows if r["peer"] == "lbproxy-2w"), None)
+    names = {"lbproxy-2w": "none", "lbproxy-2w-limit-local": "local (the pod's buckets)",
+             "lbproxy-2w-limit-global": "global (Redis, EVALSHA)"}  # fmt: skip
+    lines = []
+    for row in rows:
+        extra = row["cpu_us_per_req"] - base["cpu_us_per_req"] if base and row is not base else None
+        lines.append(
+            [
+                names.get(row["peer"], row["peer"]),
+                _num(row["rps"]),
+                _ms(row["latency_us"]["p50"]),
+                _ms(row["latency_us"]["p99"]),
+                _cpu(row),
+                "–" if extra is None else f"{extra:+.0f}",
+                str(row["errors_total"]),
+            ]
+        )
+    header = ["limit", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "vs none", "errors"]
+    return _table(header, lines)
+
+
 def concurrency_table(data: dict) -> list[str]:
     rows = data["results"]
     lines = []
@@ -604,6 +628,9 @@ def markdown(data: dict, brief: bool = False) -> str:
             out += ["## Routing table size (100 connections)", "", *domains_table(data), ""]
         if any(r["section"] == "concurrency" for r in data["results"]):
             out += ["## Concurrency (1 KiB body)", "", *concurrency_table(data), ""]
+    if any(r["section"] == "ratelimit" for r in data["results"]):
+        out += ["## Rate limits (100 connections, a limit never reached)", ""]
+        out += [*ratelimit_table(data), ""]
     if any(r.get("tls_case") for r in data["results"]):
         out += ["## TLS termination (1 KiB body)", "", *tls_table(data), ""]
         if not brief:

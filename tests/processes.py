@@ -32,6 +32,7 @@ __all__ = [
     "Dnsmasq",
     "Proxy",
     "RawServer",
+    "RedisServer",
     "StatsdDaemon",
     "free_port",
     "serving_worker",
@@ -161,6 +162,24 @@ class Dnsmasq(Server):
     def set(self, records: dict[str, list[str]]) -> None:
         self._write(records)
         self.signal(signal.SIGHUP)
+
+
+class RedisServer(Server):
+    """A real redis-server (Debian's redis-server package, scripts/install/redis.sh),
+    in memory only, on ``port`` (a free one by default; the same one for a restart)."""
+
+    def __init__(self, port: int | None = None):
+        port = port or free_port()
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        super().__init__("redis", [*args, "--appendonly", "no"], port)
+
+    def command(self, *words: str) -> str:
+        """One command over RESP, its first reply line (``dbsize`` -> ``:0``)."""
+        request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(request.encode())
+            return sock.recv(65536).decode().split("\r\n")[0]
 
 
 STATSD_JS = REPO / "tools" / "statsd" / "node_modules" / "statsd" / "stats.js"

@@ -21,6 +21,7 @@ Naming (prefix ``lbproxy`` by default; ``<service>`` is the service's name and
   <prefix>.<service>.tunnels.opened / .closed.<reason> / .bytes_in / .bytes_out   counter
       WebSocket tunnels (reason: client, upstream, idle, shutdown)
   <prefix>.<service>.tunnels_active.<pid>    gauge  tunnels open, per worker
+  <prefix>.ratelimit.redis_errors / fallback  counter  global rate limits without Redis
   <prefix>.<service>.dns_lookups / dns_errors   counter  lookups of its resolved names
   <prefix>.<service>.dns_hosts.<pid>         gauge  hosts its resolved names give
   <prefix>.<service>.hosts.<host>.pool_idle.<pid>  gauge  idle pooled connections, per worker
@@ -173,6 +174,12 @@ class Metrics:
         if self.client is not None:
             self.active.add(service)
             self._count(f"{safe(service)}.hosts.{safe(host)}.{event}")
+
+    def ratelimit_event(self, event: str) -> None:
+        """``redis_errors`` (Redis failed: fail open) or ``fallback`` (a global
+        limit checked locally, or not at all, while Redis is out)."""
+        if self.client is not None:
+            self._count(f"ratelimit.{event}")
 
     def dns_lookup(self, service: str, answered: bool) -> None:
         """A lookup of one of the service's resolved names (the prober's only)."""

@@ -26,6 +26,12 @@ ENVIRONMENT = (
     ),
     ("STATSD_HOST / _PORT / _PREFIX", "unset", "override `proxy.statsd`"),
     (
+        "PROXY_REPLICAS",
+        "unset",
+        "replicas sharing global rate limits: while Redis is out each limits at"
+        " rate / replicas (unset: no limit then)",
+    ),
+    (
         "PROXY_AFFINITY_KEY",
         "a built-in key",
         "keys affinity cookie values (docs/affinity.md); the same on every replica",

@@ -67,6 +67,9 @@ PROBER_PID = 0  # index in the pod words
 # sequence word (odd while it is written), and a block of host slots, one per address.
 ADDRESSES = 64
 NAME_BYTES = 4096
+# Local rate-limit buckets: a key's hash and its theoretical arrival time (GCRA),
+# in an open-addressed table behind a lock (app/traffic/ratelimit.py).
+BUCKETS = 65536
 
 
 class AreaFull(ConfigError):
@@ -79,6 +82,7 @@ class Capacity:
     hosts: int
     columns: int
     names: int = 0  # `resolve: true` entries, each with ADDRESSES host slots of its own
+    buckets: int = 0  # local rate-limit buckets (app/traffic/ratelimit.py)
 
     @classmethod
     def for_config(cls, config: ProxyConfig, workers: int) -> Capacity:
@@ -91,6 +95,7 @@ class Capacity:
             hosts=max(1024, 4 * hosts),
             columns=max(8, 4 * workers),
             names=max(16, 4 * names),
+            buckets=BUCKETS,
         )
 
     @property
@@ -113,6 +118,8 @@ class SharedArea:
             ("i", (s + h) * w),
             ("q", n),
             ("B", n * NAME_BYTES),
+            ("q", capacity.buckets),
+            ("d", capacity.buckets),
         )
         self.memory = mmap.mmap(-1, sum(struct.calcsize(kind) * n for kind, n in sizes))
         views, offset = [], 0
@@ -121,9 +128,10 @@ class SharedArea:
             views.append(memoryview(self.memory)[offset : offset + size].cast(kind))
             offset += size
         self.pod, self.services, self.host_times, self.host_counts, self.in_flight = views[:5]
-        self.name_sequences, self.name_bytes = views[5:]
+        self.name_sequences, self.name_bytes, self.bucket_keys, self.bucket_times = views[5:]
         self.column = 0  # this process's worker column; set by the master before each fork
         self.lock_fd: int | None = None  # the prober election's file (ProberLock)
+        self.bucket_lock_fd: int | None = None  # the buckets' lock (ratelimit.LocalBuckets)
         # The master's books: slots by key, and columns by the workers holding them.
         self._service_slots: dict[str, int] = {}
         self._host_slots: dict[tuple[str, str], int] = {}
@@ -239,9 +247,12 @@ class SharedArea:
                 in_flight[index] = 0
 
     def create_lock(self) -> None:
-        """The prober election's memory file: made before the fork, so every worker has it."""
+        """The locks' memory files (the prober election, the rate-limit buckets):
+        made before the fork, so every worker has them."""
         if self.lock_fd is None:
             self.lock_fd = os.memfd_create("lbproxy-prober")
+        if self.bucket_lock_fd is None:
+            self.bucket_lock_fd = os.memfd_create("lbproxy-buckets")
 
     # --- every process ---------------------------------------------------
 

@@ -28,7 +28,11 @@ DEFAULT_LISTEN_PORT = Listen().port
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-OVERLAYS = {"base": K8S / "base", "demo": K8S / "overlays" / "demo"}
+OVERLAYS = {
+    "base": K8S / "base",
+    "demo": K8S / "overlays" / "demo",
+    "redis": K8S / "overlays" / "redis",
+}
 DOCKERFILES = [ROOT / "Dockerfile"]
 # The newest schema kubernetes-validate ships (its --help lists them).
 KUBERNETES_VERSION = "1.37.0"
@@ -247,6 +251,20 @@ def test_configmap_name_carries_a_hash_that_follows_the_content(rendered, tmp_pa
     assert changed_name.startswith(f"{CONFIG_NAME}-")
 
 
+def test_the_redis_overlay_gives_global_limits_a_redis_they_can_reach():
+    docs = [d for d in yaml.safe_load_all(kustomize(OVERLAYS["redis"])) if d]
+    config = parse_config(config_text(docs)[1])
+    scopes = {service.rate_limit.scope for service in config.services}
+    assert scopes == {"global", "local"}
+    service = one(docs, "Service", "lbproxy-redis")
+    redis = one(docs, "Deployment", "lbproxy-redis")
+    assert selects(service["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
+    host_port = config.redis.url.split("//")[1].split("/")[0]
+    assert host_port == f"lbproxy-redis:{service['spec']['ports'][0]['port']}"
+    env = {e["name"]: e.get("value") for e in container(proxy_deployment(docs))["env"]}
+    assert int(env["PROXY_REPLICAS"]) >= 2
+
+
 def test_demo_routes_the_demo_domains_to_the_mock_service_by_dns_name():
     docs = [d for d in yaml.safe_load_all(kustomize(OVERLAYS["demo"])) if d]
     config = parse_config(config_text(docs)[1])
@@ -299,7 +317,8 @@ def test_every_deployment_is_hardened(rendered):
             mounts = {m["mountPath"]: m["name"] for m in cont["volumeMounts"]}
             assert mounts.get("/tmp") in temp, f"{where}: /tmp is not an emptyDir"
             env = {e["name"]: e.get("value") for e in cont.get("env", [])}
-            assert env.get("PYTHONDONTWRITEBYTECODE") == "1", where
+            if cont["image"].startswith("lbproxy"):  # our Python images
+                assert env.get("PYTHONDONTWRITEBYTECODE") == "1", where
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(cont["resources"][kind]), where
             for resource in ("cpu", "memory"):
