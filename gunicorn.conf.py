@@ -18,6 +18,7 @@ from app.process import master, settings
 from app.process.master import load_or_keep
 
 _config = load_or_keep()
+settings.replicas()  # a bad PROXY_REPLICAS stops the start here, not in every worker
 
 wsgi_app = "app.wsgi:application"
 # Every proxy.yaml listener (TLS where it has `tls`: app/http/tls.py), then the

@@ -620,11 +620,17 @@ def host_entry(value: Any, where: str) -> Host:
 
 
 def limit_key(value: Any, where: str) -> str:
-    """``client_ip``, ``service`` or ``header:NAME``."""
+    """``client_ip``, ``service`` or ``header:NAME`` (a header the client sets itself)."""
     if value in ("client_ip", "service"):
         return value
     if isinstance(value, str) and value.startswith("header:"):
-        token("a header name")(value[len("header:") :], where)
+        name = hash_header(value[len("header:") :], where)
+        if name.lower().startswith("x-forwarded-"):
+            raise ConfigError(
+                where,
+                f"{name} is rewritten by the proxy (and spoofable): key by client_ip, with"
+                " proxy.trusted_proxies, instead",
+            )
         return value
     raise ConfigError(where, f"expected client_ip, service or header:NAME, got {_describe(value)}")
 
@@ -782,6 +788,12 @@ def redis_url(value: Any, where: str) -> str:
         raise ConfigError(
             where, f"expected a URL such as redis://host:6379/0, got {_describe(value)}"
         )
+    from redis.connection import parse_url  # the parse every worker's client will make
+
+    try:
+        parse_url(value)
+    except ValueError as error:
+        raise ConfigError(where, f"not a Redis URL ({error})") from None
     return value
 
 
@@ -901,8 +913,12 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
     limits = block(Limits, data.get("limits"), f"{where}.limits")
     statsd = block(Statsd, data.get("statsd"), f"{where}.statsd")
     resolver = block(Resolver, data.get("resolver"), f"{where}.resolver")
-    redis = block(Redis, data["redis"], f"{where}.redis") if data.get("redis") else None
-    trusted = networks(data.get("trusted_proxies") or [], f"{where}.trusted_proxies")
+    redis = None
+    if data.get("redis") is not None:
+        redis = block(Redis, data["redis"], f"{where}.redis")
+    trusted = ()
+    if data.get("trusted_proxies") is not None:
+        trusted = networks(data["trusted_proxies"], f"{where}.trusted_proxies")
     if redis is None:
         _global_needs_redis(services, defaults, where)
     return ProxyConfig(

@@ -489,6 +489,8 @@ class Runner:
                 if peer.tls:
                     extra["tls"] = self.certificate()
                 if peer.limit == "global":
+                    if not Path(peers.redis_args(0)[0]).exists():
+                        raise StartError("redis-server is not installed (scripts/install/redis.sh)")
                     extra["redis_port"] = free_port()
                     redis = self.procs.start(
                         "redis", peers.redis_args(extra["redis_port"]), self.tmp / "redis.log"

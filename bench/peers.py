@@ -385,7 +385,7 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
 
 def redis_args(port: int) -> list[str]:
     """The Redis the global rate-limit peer shares its buckets through (in memory only)."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"  # may be absent
     return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 

@@ -355,7 +355,10 @@ def ratelimit_table(data: dict) -> list[str]:
              "lbproxy-2w-limit-global": "global (Redis, EVALSHA)"}  # fmt: skip
     lines = []
     for row in rows:
-        extra = row["cpu_us_per_req"] - base["cpu_us_per_req"] if base and row is not base else None
+        cpu, base_cpu = row["cpu_us_per_req"], base["cpu_us_per_req"] if base else None
+        extra = (
+            cpu - base_cpu if cpu is not None and base_cpu is not None and row is not base else None
+        )
         lines.append(
             [
                 names.get(row["peer"], row["peer"]),

@@ -39,6 +39,16 @@ ENVIRONMENT = (
 )
 
 
+def replicas() -> int | None:
+    """PROXY_REPLICAS: how many replicas share global rate limits (docs/ratelimit.md)."""
+    text = os.environ.get("PROXY_REPLICAS") or ""
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise SystemExit(f"PROXY_REPLICAS: expected a whole number of replicas, got {text!r}")
+    return int(text)
+
+
 def workers() -> int:
     """PROXY_WORKERS, else one worker per CPU (gevent workers are not CPU-bound twice)."""
     return int(os.environ.get("PROXY_WORKERS") or os.cpu_count() or 1)

@@ -52,18 +52,21 @@ from app.traffic.shared import SharedArea
 log = logging.getLogger("gunicorn.error")
 
 PROBES = 8  # table slots a key may take
-EPSILON = 1e-9  # seconds
 BREAK = 2.0  # seconds Redis is skipped after a failure
-REPLICAS_VARIABLE = "PROXY_REPLICAS"
+NS = 1_000_000_000
 
 
-def gcra(tat: float, now: float, interval: float, tolerance: float) -> tuple[float | None, float]:
-    """(the new TAT when the request passes, else None; seconds until it would)."""
+def gcra(tat: int, now: int, interval: int, tolerance: int) -> tuple[int | None, int]:
+    """(the new TAT when the request passes, else None; how long until it would).
+
+    Integers (nanoseconds here, microseconds in Redis): sums of float
+    intervals drift, and a burst must pass exactly.
+    """
     tat = max(tat, now)
     wait = tat - now - tolerance
-    if wait > EPSILON:  # sums of float intervals drift by ulps: never refuse for that
+    if wait > 0:
         return None, wait
-    return tat + interval, 0.0
+    return tat + interval, 0
 
 
 def key_hash(service: str, key: str) -> int:
@@ -73,28 +76,39 @@ def key_hash(service: str, key: str) -> int:
 
 
 class LocalBuckets:
-    """The pod's buckets in the shared area, shared by every worker."""
+    """The pod's buckets in the shared area, shared by every worker (times in ns)."""
 
-    def __init__(self, area: SharedArea, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, area: SharedArea, clock: Callable[[], int] = time.monotonic_ns):
+        self.area = area
         self.keys = area.bucket_keys
         self.times = area.bucket_times
         self.size = len(area.bucket_keys)
         self.clock = clock
-        area.create_lock()  # made by the master already in a gunicorn worker
-        # An open file description of this process's own: flock is per description.
-        self.lock = os.open(f"/proc/self/fd/{area.bucket_lock_fd}", os.O_RDWR | os.O_CLOEXEC)
+        self._lock: tuple[int, int] | None = None  # (pid, fd)
 
-    def admit(self, key: int, interval: float, tolerance: float) -> float:
-        """0 when the request passes (and is counted), else the seconds to wait."""
+    @property
+    def lock(self) -> int:
+        """This process's own open file description of the lock (flock is per
+        description: one inherited over a fork would exclude nothing)."""
+        pid = os.getpid()
+        if self._lock is None or self._lock[0] != pid:
+            self.area.create_lock()  # made by the master already in a gunicorn worker
+            path = f"/proc/self/fd/{self.area.bucket_lock_fd}"
+            self._lock = (pid, os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        return self._lock[1]
+
+    def admit(self, key: int, interval: int, tolerance: int) -> int:
+        """0 when the request passes (and is counted), else the nanoseconds to wait."""
         import fcntl
 
-        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        lock = self.lock
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held for a few µs, never across a yield
         try:
             return self._admit(key, interval, tolerance, self.clock())
         finally:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _admit(self, key: int, interval: float, tolerance: float, now: float) -> float:
+    def _admit(self, key: int, interval: int, tolerance: int, now: int) -> int:
         keys, times, size = self.keys, self.times, self.size
         slot = None
         for probe in range(PROBES):
@@ -106,7 +120,7 @@ class LocalBuckets:
                 slot = index  # free, or a key that has expired: taken if the key is new
         if slot is None:  # every slot live: evict the one closest to expiry
             slot = min(((key + p) % size for p in range(PROBES)), key=times.__getitem__)
-        tat = times[slot] if keys[slot] == key else 0.0
+        tat = times[slot] if keys[slot] == key else 0
         new, wait = gcra(tat, now, interval, tolerance)
         if new is not None:
             keys[slot], times[slot] = key, new
@@ -116,6 +130,7 @@ class LocalBuckets:
 # KEYS[1] the bucket; ARGV: interval and tolerance in microseconds. Returns the
 # microseconds to wait (0: admitted). Redis's own clock: no proxy's clock matters.
 GCRA_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end  -- Redis < 5: TIME, then writes
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local interval = tonumber(ARGV[1])
@@ -150,24 +165,31 @@ class GlobalBuckets:
         self.script = self.client.register_script(GCRA_SCRIPT)
         self.on_event = on_event  # "redis_errors", "fallback": metrics
         self.broken_until = 0.0
-        self.errors = (redis.RedisError, OSError)
+        self.errors = (redis.RedisError, OSError, ValueError)
 
-    def admit(self, service: str, key: str, interval: float, tolerance: float) -> float | None:
-        """Seconds to wait (0: admitted), or None: Redis is out (the caller falls back)."""
+    def admit(self, service: str, key: str, interval: int, tolerance: int) -> int | None:
+        """Nanoseconds to wait (0: admitted), or None: Redis is out (the caller falls back).
+
+        After a failure the breaker is open for BREAK seconds; then one request
+        tries Redis (the others keep falling back until it answers).
+        """
         now = time.monotonic()
         if now < self.broken_until:
             return None
+        if self.broken_until:
+            self.broken_until = now + BREAK  # half open: this request alone tries
         try:
             wait = self.script(
                 keys=[f"rl:{{{service}}}:{key}"],
-                args=[int(interval * 1e6), int(tolerance * 1e6)],
+                args=[round(interval / 1000), round(tolerance / 1000)],  # µs
             )
         except self.errors as error:
             self.broken_until = now + BREAK
             self.on_event("redis_errors")
             log.warning("lbproxy: Redis for rate limits failed (%s): failing open", error)
             return None
-        return int(wait) / 1e6
+        self.broken_until = 0.0
+        return int(wait) * 1000
 
 
 class Limiter:
@@ -184,19 +206,19 @@ class Limiter:
     ):
         self.service = service.name
         self.settings = settings
-        self.interval = 1.0 / settings.rate
+        self.interval = max(1000, round(NS / settings.rate))  # ns; µs at the least (Redis's)
         self.tolerance = settings.burst * self.interval
         self.local = local
         self.shared = shared
         self.trusted = trusted
         self.on_event = on_event
         self.header = settings.key[len("header:") :].lower() if ":" in settings.key else None
-        # RateLimit-Policy: burst + 1 requests in the time they take to come back.
-        self.quota = settings.burst + 1
-        self.window = max(1, math.ceil(self.quota / settings.rate))
-        replicas = int(os.environ.get(REPLICAS_VARIABLE) or 0)
+        # RateLimit-Policy: the requests a window of whole seconds lets through.
+        self.window = max(1, math.ceil((settings.burst + 1) / settings.rate))
+        self.quota = max(settings.burst + 1, math.floor(settings.rate * self.window))
+        replicas = replicas_setting()
         self.fallback = None  # (interval, tolerance) per replica while Redis is out
-        if replicas > 0:
+        if replicas:
             interval = self.interval * replicas
             self.fallback = (interval, (settings.burst // replicas) * interval)
 
@@ -213,7 +235,7 @@ class Limiter:
         else:
             wait = self.local.admit(key_hash(self.service, key), self.interval, self.tolerance)
         if wait > 0:
-            raise RateLimited(wait, self.quota, self.window)
+            raise RateLimited(wait / NS, self.quota, self.window)
 
     def key_of(self, peer: str, headers: list[tuple[str, str]]) -> str:
         key = self.settings.key
@@ -228,27 +250,50 @@ class Limiter:
 
 def client_ip(peer: str, headers: list[tuple[str, str]], trusted: tuple) -> str:
     """The peer; when it is a trusted proxy, the rightmost X-Forwarded-For address
-    that is not itself trusted (the leftmost when all are)."""
-    if not trusted or not _trusted(peer, trusted):
-        return peer
+    that is not itself trusted (the leftmost when all are). Addresses are read
+    with or without a port (``1.2.3.4:80``, ``[::1]:80``), IPv4-mapped IPv6 as IPv4."""
+    ip = parse_ip(peer)
+    if not trusted or ip is None or not _trusted(ip, trusted):
+        return str(ip) if ip is not None else peer
     chain = []
     for name, value in headers:
         if name.lower() == "x-forwarded-for":
             chain += [part.strip() for part in value.split(",") if part.strip()]
-    if chain and chain[-1] == peer:
+    if chain and parse_ip(chain[-1]) == ip:
         chain.pop()  # the proxy appended the peer itself (app/http/headers.py)
-    for address in reversed(chain):
-        if not _trusted(address, trusted):
-            return address
-    return chain[0] if chain else peer
+    for text in reversed(chain):
+        address = parse_ip(text)
+        if address is None or not _trusted(address, trusted):
+            return str(address) if address is not None else text
+    first = parse_ip(chain[0]) if chain else ip
+    return str(first) if first is not None else chain[0]
 
 
-def _trusted(address: str, trusted: tuple) -> bool:
+def parse_ip(text: str):
+    """An address from ``1.2.3.4``, ``1.2.3.4:80``, ``::1``, ``[::1]:80``; None if not one."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:
+        text = text.split(":")[0]
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        return False
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
+def _trusted(ip, trusted: tuple) -> bool:
     return any(ip in network for network in trusted)
+
+
+def replicas_setting() -> int | None:
+    from app.process.settings import replicas
+
+    try:
+        return replicas()
+    except SystemExit:  # checked by the master at start; outside gunicorn: ignored
+        return None
 
 
 def make_limiters(config: ProxyConfig, area: SharedArea, on_event=lambda event: None):

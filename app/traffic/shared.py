@@ -118,8 +118,8 @@ class SharedArea:
             ("i", (s + h) * w),
             ("q", n),
             ("B", n * NAME_BYTES),
-            ("q", capacity.buckets),
-            ("d", capacity.buckets),
+            ("q", capacity.buckets),  # the key's hash
+            ("q", capacity.buckets),  # its TAT, time.monotonic_ns()
         )
         self.memory = mmap.mmap(-1, sum(struct.calcsize(kind) * n for kind, n in sizes))
         views, offset = [], 0

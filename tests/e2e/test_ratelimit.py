@@ -115,7 +115,7 @@ def test_a_limited_request_is_a_429_with_retry_after_and_never_forwarded(proxies
         pass
     status, headers, _ = get(proxy, "local.test", source="127.0.0.9")
     assert status == 429 and int(headers["Retry-After"]) >= 1
-    assert headers["RateLimit-Policy"] == '"lbproxy";q=5;w=3'
+    assert headers["RateLimit-Policy"] == '"lbproxy";q=6;w=3'  # 2/s over 3 s
     assert headers["RateLimit"].startswith('"lbproxy";r=0;t=')
     assert _served(mock) - served == 5 + 1  # the 5 that passed, and this look
 
