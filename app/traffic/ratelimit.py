@@ -252,8 +252,10 @@ def client_ip(peer: str, headers: list[tuple[str, str]], trusted: tuple) -> str:
     """The peer; when it is a trusted proxy, the rightmost X-Forwarded-For address
     that is not itself trusted (the leftmost when all are). Addresses are read
     with or without a port (``1.2.3.4:80``, ``[::1]:80``), IPv4-mapped IPv6 as IPv4."""
+    if not trusted:
+        return peer  # nothing to believe: the peer as the server gave it, unparsed
     ip = parse_ip(peer)
-    if not trusted or ip is None or not _trusted(ip, trusted):
+    if ip is None or not _trusted(ip, trusted):
         return str(ip) if ip is not None else peer
     chain = []
     for name, value in headers:
