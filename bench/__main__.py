@@ -49,7 +49,8 @@ def parse_args(argv: list[str]) -> harness.Options:
         type=_csv(str),
         help=f"comma-separated subset of: {', '.join(harness.SECTIONS)} (tls: HAProxy and "
         "lbproxy-2w terminating TLS, HTTP/1.1, HTTP/2 and a handshake per request; websocket: "
-        "WebSocket echo through lbproxy-2w and nginx, and direct)",
+        "WebSocket echo through lbproxy-2w and nginx, and direct; ratelimit: lbproxy-2w with no "
+        "limit, a local and a global one)",
     )
     parser.add_argument("--out", type=Path, help="output directory (bench/out)")
     parser.add_argument(
