@@ -54,6 +54,7 @@ control_socket_disable = True  # one proxy per host path would collide; not used
 # and a column of in-flight counts per worker.
 def on_starting(server):
     master.start_area(server.cfg.workers)
+    master.start_prometheus()
 
 
 def pre_fork(server, worker):
@@ -85,6 +86,6 @@ def worker_exit(server, worker):
     """Send the metrics and write the access-log lines the worker still holds."""
     metrics = getattr(worker.wsgi, "metrics", None)
     if metrics is not None:
-        metrics.flush()
+        metrics.flush(prometheus=True)
     if hasattr(worker.log, "flush_access_log"):
         worker.log.flush_access_log()

@@ -312,7 +312,9 @@ class Listen:
 
 @dataclass(frozen=True)
 class Admin:
-    """The admin listener: health and status (docs/observability.md)."""
+    """The admin listener: health, status and Prometheus metrics (docs/observability.md).
+    By default it listens on 0.0.0.0:9901, and it carries `/metrics` unless
+    `proxy.prometheus: false`: keep the port out of clients' reach."""
 
     address: str = setting("0.0.0.0", address, "address of the admin listener")
     port: int = setting(9901, port, "its port; must differ from `listen.port`")
@@ -837,6 +839,7 @@ class ProxyConfig:
     resolver: Resolver = Resolver()
     redis: Redis | None = None
     trusted_proxies: tuple = ()  # ipaddress networks whose X-Forwarded-For is believed
+    prometheus: bool = True  # GET /metrics on the admin listener (docs/observability.md)
 
     @property
     def listen(self) -> Listen:
@@ -900,6 +903,7 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
             "resolver",
             "redis",
             "trusted_proxies",
+            "prometheus",
         },
     )
     listeners = _listeners(data.get("listen"), f"{where}.listen")
@@ -921,8 +925,19 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
         trusted = networks(data["trusted_proxies"], f"{where}.trusted_proxies")
     if redis is None:
         _global_needs_redis(services, defaults, where)
+    prometheus = boolean(data.get("prometheus", True), f"{where}.prometheus")
     return ProxyConfig(
-        services, listeners, admin, limits, defaults, statsd, source, resolver, redis, trusted
+        services,
+        listeners,
+        admin,
+        limits,
+        defaults,
+        statsd,
+        source,
+        resolver,
+        redis,
+        trusted,
+        prometheus,
     )
 
 

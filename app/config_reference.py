@@ -67,6 +67,11 @@ key (a service setting only `timeout.read` keeps the default `connect`). The
 blocks below are keys of `proxy.defaults` and of each service (`affinity` is
 taken whole: a service's replaces the default's).
 
+`proxy.prometheus` (`true` by default) serves Prometheus metrics for every
+worker at `GET /metrics` on the admin listener (0.0.0.0:9901 unless
+`proxy.admin` says otherwise); `false` turns it off (`/metrics` answers 404).
+See docs/observability.md.
+
 `proxy.trusted_proxies` is a list of CIDRs (`[10.0.0.0/8, 192.168.1.7/32]`)
 whose `X-Forwarded-For` is believed for rate limits keyed by `client_ip`
 (docs/ratelimit.md); by default none is, and the peer's address counts.

@@ -70,11 +70,11 @@ class Proxy:
     ):
         self.config = config
         self.router = Router(config, zone, self._health_event)
-        self.admin = AdminApp(self.router)
+        self.admin = AdminApp(self.router, metrics=config.prometheus)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))
-        self.metrics = Metrics(statsd_settings(config.statsd))
+        self.metrics = Metrics(statsd_settings(config.statsd), prometheus_feed(config))
         self.end = RequestEnd(self.metrics)
         self.tunnels: set[Tunnel] = set()  # open in this worker, for close_tunnels
         self.stopping = False  # close_tunnels was called: no tunnel outlives it
@@ -354,7 +354,7 @@ class Proxy:
 
         while True:
             self.metrics.report_gauges(self.router.by_name(), self.forwarder)
-            gevent.sleep(self.metrics.settings.interval)
+            gevent.sleep(self.config.statsd.interval)
 
 
 class ErrorBody:
@@ -403,6 +403,16 @@ def private(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     kept = [d for d in directives if d.split("=")[0].strip().lower() not in {"public", "s-maxage"}]
     others = [(name, value) for name, value in headers if name.lower() != "cache-control"]
     return [*others, ("Cache-Control", ", ".join(["private", *kept]))]
+
+
+def prometheus_feed(config: ProxyConfig):
+    """The worker's Prometheus feed: under gunicorn (whose master made the
+    multiprocess directory) unless ``proxy.prometheus: false``."""
+    from app.observe.prometheus import DIR_VARIABLE, PrometheusFeed
+
+    if not config.prometheus or not os.environ.get(DIR_VARIABLE):
+        return None
+    return PrometheusFeed(tuple(service.name for service in config.services))
 
 
 def _switched_to(head) -> str | None:

@@ -46,7 +46,17 @@ from devkit.processes import (
 
 REPO = peers.REPO
 INSTALL = REPO / "scripts" / "install" / "bench.sh"
-SECTIONS = ("main", "bodies", "concurrency", "domains", "micro", "tls", "websocket", "ratelimit")
+SECTIONS = (
+    "main",
+    "bodies",
+    "concurrency",
+    "domains",
+    "micro",
+    "tls",
+    "websocket",
+    "ratelimit",
+    "prometheus",
+)
 MAIN_CONNECTIONS = (1, 100, 400)
 SWEEP_CONNECTIONS = (1, 10, 100, 400, 1000)
 SWEEP_PEERS = ("haproxy", "lbproxy-2w")
@@ -62,6 +72,7 @@ ORDER = (
     "lbproxy-2w-off",
     "lbproxy-2w-limit-local",
     "lbproxy-2w-limit-global",
+    "lbproxy-2w-noprom",
     "lbproxy",
     "lbproxy-1w",
     "lbproxy-1w-off",
@@ -164,6 +175,10 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
             if "ratelimit" in sections:
                 sessions.append((peer, [Case("ratelimit", 100)]))
             continue
+        if not peer.prometheus:  # and the prometheus section's, against lbproxy-2w's
+            if "prometheus" in sections:
+                sessions.append((peer, [Case("prometheus", 100)]))
+            continue
         main = (
             sorted(options.connections) if "main" in sections and name != "lbproxy-2w-10k" else []
         )
@@ -182,6 +197,8 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
             domains = [Case("domains", 100)]
         if "ratelimit" in sections and name == "lbproxy-2w":
             domains.append(Case("ratelimit", 100))  # the no-limit baseline, same run
+        if "prometheus" in sections and name == "lbproxy-2w":
+            domains.append(Case("prometheus", 100))  # /metrics on, same run
         cases = low + bodies + high + sweep + domains
         if cases:
             sessions.append((peer, cases))

@@ -60,6 +60,7 @@ class Peer:
     tls: bool = False  # terminates TLS (the tls section): the listener is https
     ws: bool = False  # the websocket section: in front of the WebSocket echo upstream
     limit: str | None = None  # the ratelimit section: a rate_limit of this scope, never reached
+    prometheus: bool = True  # proxy.prometheus (the prometheus section turns it off)
 
 
 PEERS = {
@@ -91,6 +92,14 @@ PEERS = {
             2,
             True,
             limit="global",
+        ),
+        Peer(
+            "lbproxy-2w-noprom",
+            "lbproxy 2 workers, on, without /metrics",
+            "lbproxy",
+            2,
+            True,
+            prometheus=False,
         ),
         Peer("haproxy-tls", "HAProxy (nbthread 2), TLS", "haproxy", tls=True),
         Peer("lbproxy-2w-tls", "lbproxy 2 workers, on, TLS", "lbproxy", 2, True, tls=True),
@@ -354,6 +363,8 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
         peer.limit,
         extra.get("redis_port"),
     )
+    if not peer.prometheus:
+        document["proxy"]["prometheus"] = False
     config.write_text(yaml.safe_dump(document, sort_keys=False))
     for key in FEATURE_ENV:
         env.pop(key, None)

@@ -374,6 +374,29 @@ def ratelimit_table(data: dict) -> list[str]:
     return _table(header, lines)
 
 
+def prometheus_table(data: dict) -> list[str]:
+    """/metrics on (the default) against off, in one run (issue 20)."""
+    rows = [r for r in data["results"] if r["section"] == "prometheus"]
+    off = next((r for r in rows if r["peer"] == "lbproxy-2w-noprom"), None)
+    lines = []
+    for row in rows:
+        cpu, off_cpu = row["cpu_us_per_req"], off["cpu_us_per_req"] if off else None
+        extra = "–" if row is off or cpu is None or off_cpu is None else f"{cpu - off_cpu:+.0f}"
+        lines.append(
+            [
+                "off" if row is off else "on",
+                _num(row["rps"]),
+                _ms(row["latency_us"]["p50"]),
+                _ms(row["latency_us"]["p99"]),
+                _cpu(row),
+                extra,
+                _num(row["rss_kib"] / MIB, 1),
+            ]
+        )
+    header = ["/metrics", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "vs off", "RSS MiB"]
+    return _table(header, lines)
+
+
 def concurrency_table(data: dict) -> list[str]:
     rows = data["results"]
     lines = []
@@ -631,6 +654,8 @@ def markdown(data: dict, brief: bool = False) -> str:
             out += ["## Routing table size (100 connections)", "", *domains_table(data), ""]
         if any(r["section"] == "concurrency" for r in data["results"]):
             out += ["## Concurrency (1 KiB body)", "", *concurrency_table(data), ""]
+    if any(r["section"] == "prometheus" for r in data["results"]):
+        out += ["## Prometheus /metrics (100 connections)", "", *prometheus_table(data), ""]
     if any(r["section"] == "ratelimit" for r in data["results"]):
         out += ["## Rate limits (100 connections, a limit never reached)", ""]
         out += [*ratelimit_table(data), ""]

@@ -1,6 +1,8 @@
-"""Error-budget use and colour of each SLI in monitoring/slo.yaml, from Graphite or a JMeter .jtl.
+"""Error-budget use and colour of each SLI in monitoring/slo.yaml, from Graphite,
+Prometheus or a JMeter .jtl.
 
     python -m monitoring.evaluate --graphite http://127.0.0.1:8013 [--service NAME] [--until TIME]
+    python -m monitoring.evaluate --prometheus http://127.0.0.1:9090 [--service REGEX] [--step 10s]
     python -m monitoring.evaluate --jtl jmeter/results/RUN/results.jtl [--workers 2]
 
 For each SLI it prints the SLI's value over the window, the objective, the
@@ -15,7 +17,11 @@ orange and red thresholds, and the colour (slo.yaml ``policy``):
 
 From Graphite, a point is one Graphite datapoint (one StatsD flush); the
 newest point is the newest one with data, at most ``stale_after`` before
---until. From a .jtl, samples are put in --step buckets by the time they ended
+--until. From Prometheus (lbproxy's /metrics), a point is one --step of a
+``query_range`` of each SLI's ``promql``: cumulative counts, whose difference
+from one point to the next is the point's events (a drop is a restart: the
+count starts again from zero).
+From a .jtl, samples are put in --step buckets by the time they ended
 (timeStamp + elapsed); the newest point is the run's last bucket. A run
 shorter than the hold is judged on its last point alone, whose window is the
 whole run (reported as such): a 60 s test that burned 200% of the budget is red.
@@ -290,6 +296,77 @@ def jtl_points(samples, sli: Sli, step: int, workers: int) -> Points:
 
 
 # -- the command -------------------------------------------------------------------
+# -- Prometheus --------------------------------------------------------------------
+
+
+def query_range(base: str, query: str, start: int, end: int, step: int, timeout: float = 30):
+    """One series (the first) of a Prometheus range query: {time: value}."""
+    params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
+    try:
+        with urllib.request.urlopen(f"{base}/api/v1/query_range?{params}", timeout=timeout) as r:
+            answer = json.load(r)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise EvaluationError(f"Prometheus at {base}: {error}") from error
+    if answer.get("status") != "success":
+        raise EvaluationError(f"Prometheus: {answer.get('error', answer)}")
+    result = answer["data"]["result"]
+    if not result:
+        return {}
+    return {int(float(t)): float(v) for t, v in result[0]["values"]}
+
+
+def prometheus_points(base, sli: Sli, service, policy, window, hold, until, step) -> Points:
+    if not sli.promql:
+        raise EvaluationError(f"{sli.name}: no promql in the SLO file")
+    span = window + hold + 60
+    start = until - span
+    times = list(range(start - start % step, until + 1, step))
+
+    def series(name: str) -> dict[int, float]:
+        query = sli.promql[name].replace("$service", service)
+        return query_range(base, query, times[0] - step, times[-1], step)
+
+    if sli.kind == "ratio":
+        bad, total = _deltas(series("bad")), _deltas(series("total"))
+        present = [t in total for t in times]
+        bad_list = [max(0.0, bad.get(t, 0.0)) for t in times]
+        total_list = [total.get(t, 0.0) for t in times]
+    else:
+        values = series("value")
+        present = [t in values for t in times]
+        total_list = [1.0 if t in values else 0.0 for t in times]
+        bad_list = [1.0 if values.get(t, -1) >= sli.limit else 0.0 for t in times]
+    newest = next((i for i in range(len(times) - 1, -1, -1) if present[i]), None)
+    if newest is not None and until - times[newest] > policy.stale_after:
+        newest = None
+    current = None
+    if newest is not None and sli.kind == "threshold":
+        current = values[times[newest]]
+    return Points(times, bad_list, total_list, step, newest, current)
+
+
+def _deltas(cumulative: dict[int, float]) -> dict[int, float]:
+    """Each point's events from a cumulative count (a drop: a restart from zero)."""
+    deltas, previous = {}, None
+    for t in sorted(cumulative):
+        value = cumulative[t]
+        if previous is not None:
+            deltas[t] = value - previous if value >= previous else value
+        previous = value
+    return deltas
+
+
+def evaluate_prometheus(base, slo, service=".*", until=None, window=None, hold=None, step=10):
+    until = int(until if until is not None else time.time())
+    window = window or slo.policy.window
+    hold = hold or slo.policy.hold
+    results = []
+    for sli in slo.slis.values():
+        points = prometheus_points(base, sli, service, slo.policy, window, hold, until, step)
+        results.append(judge(sli, points, slo.policy, window, hold))
+    return results
+
+
 def evaluate_graphite(base, slo, service="*", until=None, window=None, hold=None):
     until = int(until if until is not None else time.time())
     window = window or slo.policy.window
@@ -386,6 +463,11 @@ def parse_args(argv):
     source.add_argument(
         "--graphite", metavar="URL", help="graphite-web, e.g. http://127.0.0.1:8013"
     )
+    source.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="Prometheus scraping lbproxy, e.g. http://127.0.0.1:9090",
+    )
     source.add_argument("--jtl", type=Path, metavar="FILE", help="a CSV .jtl from jmeter/run")
     parser.add_argument("--slo", type=Path, default=SLO_FILE, help="default monitoring/slo.yaml")
     parser.add_argument("--service", default="*", help="Graphite: the service (glob; default *)")
@@ -417,6 +499,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.graphite, slo, args.service, parse_time(args.until), window, hold
             )
             source = f"{args.graphite} (service {args.service})"
+        elif args.prometheus:
+            service = ".*" if args.service == "*" else args.service
+            results = evaluate_prometheus(
+                args.prometheus, slo, service, parse_time(args.until), window, hold,
+                seconds(args.step),
+            )  # fmt: skip
+            source = f"{args.prometheus} (service {service})"
         else:
             step = seconds(args.step)
             results = evaluate_jtl(args.jtl, slo, step, args.workers, window, hold)

@@ -51,6 +51,9 @@ class Sli:
     value: str | None = None
     limit: float | None = None
     threshold_ms: float | None = None
+    # The same SLI from Prometheus (lbproxy's /metrics): PromQL with $service (a
+    # regex) and $step (each point's range); bad/total for a ratio, value else.
+    promql: dict | None = None
 
     @property
     def allowed(self) -> float:
@@ -109,6 +112,7 @@ def load(path: Path = SLO_FILE) -> Slo:
             value=entry.get("value"),
             limit=float(entry["limit"]) if entry.get("limit") is not None else None,
             threshold_ms=entry.get("threshold_ms"),
+            promql=entry.get("promql"),
         )
     return Slo(policy, slis)
 

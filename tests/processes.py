@@ -30,6 +30,7 @@ from devkit.processes import Server, free_port
 __all__ = [
     "REPO",
     "Dnsmasq",
+    "PrometheusServer",
     "Proxy",
     "RawServer",
     "RedisServer",
@@ -162,6 +163,41 @@ class Dnsmasq(Server):
     def set(self, records: dict[str, list[str]]) -> None:
         self._write(records)
         self.signal(signal.SIGHUP)
+
+
+class PrometheusServer(Server):
+    """A real Prometheus (Debian's package, scripts/install/prometheus.sh) on a free
+    port, scraping ``targets`` (host:port) every second into a temp TSDB."""
+
+    def __init__(self, directory: Path, targets: list[str], rules: Path | None = None):
+        port = free_port()
+        home = directory / f"prometheus-{port}"
+        home.mkdir(parents=True)
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "lbproxy", "static_configs": [{"targets": targets}]}],
+        }
+        if rules is not None:
+            config["rule_files"] = [str(rules)]
+        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+        args = [
+            shutil.which("prometheus") or "/usr/bin/prometheus",
+            f"--config.file={home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
+        super().__init__("prometheus", args, port)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def query(self, promql: str) -> list:
+        """An instant query's result vector ([] when nothing matches)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return json.load(answer)["data"]["result"]
 
 
 class RedisServer(Server):

@@ -28,15 +28,26 @@ from app.traffic.routing import Router
 
 
 class AdminApp:
-    def __init__(self, router: Router):
+    def __init__(self, router: Router, metrics: bool = False):
         self.router = router
         self.pages = {"/healthz": self.healthz, "/readyz": self.readyz, "/status": self.status}
+        self.metrics = metrics  # proxy.prometheus: GET /metrics
 
     def __call__(self, environ, start_response):
-        page = self.pages.get(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics" and self.metrics:
+            return self.prometheus(environ, start_response)
+        page = self.pages.get(path)
         if page is None:
             return _answer(start_response, "404 Not Found", b"not found\n")
         return page(start_response)
+
+    def prometheus(self, environ, start_response):
+        """Every worker's metrics (app/observe/prometheus.py), in the format asked for."""
+        from app.observe.prometheus import exposition
+
+        body, content_type = exposition(environ.get("HTTP_ACCEPT", ""))
+        return _answer(start_response, "200 OK", body, content_type)
 
     def healthz(self, start_response):
         return _answer(start_response, "200 OK", b"ok\n")

@@ -28,7 +28,7 @@ AccessLog = Callable[[Record, dict], None]
 
 class RequestEnd:
     def __init__(self, metrics: Metrics, access_log: AccessLog | None = None):
-        self.metrics = metrics
+        self.metrics = metrics  # StatsD, and Prometheus through metrics.prometheus
         self.access_log = access_log  # set in the worker (gunicorn.conf.py)
 
     def __call__(self, record: Record, environ: dict) -> None:

@@ -65,6 +65,14 @@ def start_area(workers: int) -> None:
     _zone = _area.place(_active)
 
 
+def start_prometheus() -> None:
+    """gunicorn's ``on_starting``: the multiprocess directory of /metrics, emptied
+    once (never on SIGHUP: counters would go back to zero)."""
+    from app.observe.prometheus import prepare_directory
+
+    prepare_directory()
+
+
 def assign_column(worker) -> None:
     """gunicorn's ``pre_fork``: the worker about to be forked gets a column."""
     if _area is not None:
@@ -76,3 +84,6 @@ def free_column(worker) -> None:
     column = getattr(worker, "lbproxy_column", None)
     if _area is not None and column is not None:
         _area.release_column(column)
+    from app.observe.prometheus import process_dead
+
+    process_dead(worker.pid)

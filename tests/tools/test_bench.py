@@ -132,7 +132,7 @@ def test_full_plan_covers_every_peer_and_scaling_case():
     assert options.full
     sessions = {peer.name: cases for peer, cases in harness.plan(options)}
     assert set(sessions) == set(peers.PEERS)
-    limited = {name for name, peer in peers.PEERS.items() if peer.limit}
+    limited = {name for name, peer in peers.PEERS.items() if peer.limit or not peer.prometheus}
     for name in set(peers.PEERS) - {"lbproxy-2w-10k", *tls.PEERS, *report.WS_PEERS, *limited}:
         assert {c.connections for c in sessions[name] if c.section == "main"} == {1, 100, 400}
         assert not any(c.tls for c in sessions[name])
@@ -143,8 +143,9 @@ def test_full_plan_covers_every_peer_and_scaling_case():
     bodies = [c.path for c in sessions["lbproxy-2w"] if c.section == "bodies"]
     assert bodies == ["/100k", "/1m"]
     assert [c.section for c in sessions["lbproxy-2w-10k"]] == ["domains"]
-    for name in limited:  # the ratelimit section: 100 connections, against lbproxy-2w's
-        assert [(c.section, c.connections) for c in sessions[name]] == [("ratelimit", 100)]
+    for name in limited:  # one section, 100 connections, against lbproxy-2w's
+        section = "ratelimit" if peers.PEERS[name].limit else "prometheus"
+        assert [(c.section, c.connections) for c in sessions[name]] == [(section, 100)]
     assert ("ratelimit", 100) in [(c.section, c.connections) for c in sessions["lbproxy-2w"]]
     assert harness.estimate_seconds(options) < 480
 

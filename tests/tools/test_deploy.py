@@ -219,6 +219,24 @@ def test_container_ports_and_probes_match_the_config(rendered):
     assert port_number(cont, readiness["port"]) == config.admin.port
 
 
+def test_prometheus_scrapes_the_admin_port_and_metrics_have_a_writable_directory(rendered):
+    name, _, docs = rendered
+    deployment = proxy_deployment(docs)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    config = parse_config(config_text(docs)[1])
+    assert int(annotations["prometheus.io/port"]) == config.admin.port, name
+    assert config.prometheus
+    cont = container(deployment)
+    env = {e["name"]: e.get("value") for e in cont["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in cont["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    directory = env["PROMETHEUS_MULTIPROC_DIR"]
+    mount = next(path for path in mounts if directory.startswith(path.rstrip("/") + "/"))
+    assert "emptyDir" in volumes[mounts[mount]], "the root filesystem is read-only"
+
+
 def test_config_is_mounted_where_proxy_config_points(rendered):
     _, _, docs = rendered
     deployment = proxy_deployment(docs)

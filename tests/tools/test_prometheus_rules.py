@@ -1,0 +1,67 @@
+"""The Prometheus side of monitoring/: alert rules checked and unit-tested by
+promtool (green, orange and red series), and the Grafana dashboard for a
+Prometheus data source."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from tests.processes import REPO
+
+PROMETHEUS = REPO / "monitoring" / "prometheus"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_rules_pass_promtool_check():
+    result = promtool("check", "rules", "rules.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 7 rules found" in result.stdout
+
+
+def test_the_rules_reach_green_orange_and_red_on_their_series():
+    result = promtool("test", "rules", "tests.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_would_catch_a_wrong_colour(tmp_path):
+    """The control: the same test with red expected where the series is orange fails."""
+    text = (PROMETHEUS / "tests.yaml").read_text()
+    broken = text.replace("severity: orange, sli: availability", "severity: red, sli: availability")
+    (tmp_path / "rules.yaml").write_text((PROMETHEUS / "rules.yaml").read_text())
+    (tmp_path / "tests.yaml").write_text(broken)
+    result = subprocess.run(
+        ["promtool", "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+
+
+def test_the_dashboard_asks_for_its_prometheus_data_source_on_import():
+    dashboard = json.loads((PROMETHEUS / "grafana-dashboard.json").read_text())
+    (source,) = dashboard["__inputs"]
+    assert (source["name"], source["pluginId"]) == ("DS_PROMETHEUS", "prometheus")
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
+    names = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(lbproxy[a-z_:]*)", target["expr"])
+    }
+    rules = (PROMETHEUS / "rules.yaml").read_text()
+    lbproxy_metrics = (REPO / "app" / "observe" / "prometheus.py").read_text()
+    for name in names:  # each a metric lbproxy exports, or a recording rule
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert (
+            f'"{base}"' in lbproxy_metrics
+            or f'"{base.removeprefix("lbproxy_")}"' in (lbproxy_metrics)
+            or f"record: {name}" in rules
+        ), name
