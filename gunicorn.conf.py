@@ -57,6 +57,10 @@ def on_starting(server):
     master.start_prometheus()
 
 
+def on_exit(server):
+    master.stop_prometheus()
+
+
 def pre_fork(server, worker):
     master.assign_column(worker)
 

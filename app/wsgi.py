@@ -70,11 +70,12 @@ class Proxy:
     ):
         self.config = config
         self.router = Router(config, zone, self._health_event)
-        self.admin = AdminApp(self.router, metrics=config.prometheus)
+        self.admin = AdminApp(self.router)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))
         self.metrics = Metrics(statsd_settings(config.statsd), prometheus_feed(config))
+        self.admin.metrics = self.metrics.prometheus is not None  # GET /metrics
         self.end = RequestEnd(self.metrics)
         self.tunnels: set[Tunnel] = set()  # open in this worker, for close_tunnels
         self.stopping = False  # close_tunnels was called: no tunnel outlives it

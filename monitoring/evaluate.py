@@ -300,7 +300,7 @@ def jtl_points(samples, sli: Sli, step: int, workers: int) -> Points:
 
 
 def query_range(base: str, query: str, start: int, end: int, step: int, timeout: float = 30):
-    """One series (the first) of a Prometheus range query: {time: value}."""
+    """Every series of a Prometheus range query: [{time: value}, ...]."""
     params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
     try:
         with urllib.request.urlopen(f"{base}/api/v1/query_range?{params}", timeout=timeout) as r:
@@ -309,10 +309,10 @@ def query_range(base: str, query: str, start: int, end: int, step: int, timeout:
         raise EvaluationError(f"Prometheus at {base}: {error}") from error
     if answer.get("status") != "success":
         raise EvaluationError(f"Prometheus: {answer.get('error', answer)}")
-    result = answer["data"]["result"]
-    if not result:
-        return {}
-    return {int(float(t)): float(v) for t, v in result[0]["values"]}
+    return [
+        {int(float(t)): float(v) for t, v in series["values"]}
+        for series in answer["data"]["result"]
+    ]
 
 
 def prometheus_points(base, sli: Sli, service, policy, window, hold, until, step) -> Points:
@@ -322,17 +322,18 @@ def prometheus_points(base, sli: Sli, service, policy, window, hold, until, step
     start = until - span
     times = list(range(start - start % step, until + 1, step))
 
-    def series(name: str) -> dict[int, float]:
+    def series(name: str) -> list[dict[int, float]]:
         query = sli.promql[name].replace("$service", service)
         return query_range(base, query, times[0] - step, times[-1], step)
 
     if sli.kind == "ratio":
-        bad, total = _deltas(series("bad")), _deltas(series("total"))
+        bad, total = _events(series("bad")), _events(series("total"))
         present = [t in total for t in times]
         bad_list = [max(0.0, bad.get(t, 0.0)) for t in times]
         total_list = [total.get(t, 0.0) for t in times]
     else:
-        values = series("value")
+        found = series("value")
+        values = found[0] if found else {}
         present = [t in values for t in times]
         total_list = [1.0 if t in values else 0.0 for t in times]
         bad_list = [1.0 if values.get(t, -1) >= sli.limit else 0.0 for t in times]
@@ -345,15 +346,22 @@ def prometheus_points(base, sli: Sli, service, policy, window, hold, until, step
     return Points(times, bad_list, total_list, step, newest, current)
 
 
-def _deltas(cumulative: dict[int, float]) -> dict[int, float]:
-    """Each point's events from a cumulative count (a drop: a restart from zero)."""
-    deltas, previous = {}, None
-    for t in sorted(cumulative):
-        value = cumulative[t]
-        if previous is not None:
-            deltas[t] = value - previous if value >= previous else value
-        previous = value
-    return deltas
+def _events(cumulative: list[dict[int, float]]) -> dict[int, float]:
+    """Each point's events, summed over the series (one per pod and label set).
+
+    Differences are taken series by series, before the sum: a pod that goes
+    away must not read as every other pod's counts starting again. A drop
+    within a series is a restart (its count starts again from zero)."""
+    events: dict[int, float] = {}
+    for series in cumulative:
+        previous = None
+        for t in sorted(series):
+            value = series[t]
+            if previous is not None:
+                delta = value - previous if value >= previous else value
+                events[t] = events.get(t, 0.0) + delta
+            previous = value
+    return events
 
 
 def evaluate_prometheus(base, slo, service=".*", until=None, window=None, hold=None, step=10):

@@ -52,7 +52,7 @@ class Sli:
     limit: float | None = None
     threshold_ms: float | None = None
     # The same SLI from Prometheus (lbproxy's /metrics): PromQL with $service (a
-    # regex) and $step (each point's range); bad/total for a ratio, value else.
+    # regex); bad/total (cumulative counts) for a ratio, value for a threshold.
     promql: dict | None = None
 
     @property

@@ -130,6 +130,8 @@ class Metrics:
     def request_done(self, record: Record) -> None:
         if self.prometheus is not None:
             self.prometheus.request_done(record)
+            if record.service:
+                self.active.add(record.service)
         if self.client is None:
             return
         if record.service:
@@ -232,13 +234,13 @@ class Metrics:
         the cost follows the traffic, not the number of domains: 10,000 idle
         services cost nothing here. ``routes`` maps service names to routes.
         """
+        active, self.active = self.active, set()
+        due, self.reported = active | self.reported, active
         if self.prometheus is not None:
-            self.prometheus.gauges(routes)
+            self.prometheus.gauges(routes[name] for name in due if name in routes)
             self.prometheus.flush()
         if self.client is None:
             return
-        active, self.active = self.active, set()
-        due, self.reported = active | self.reported, active
         pid = os.getpid()
         pipe = self.client.pipeline()
         for route in (routes[name] for name in due if name in routes):

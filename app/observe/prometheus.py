@@ -39,8 +39,9 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 UNROUTED = "unrouted"
 
 
-def prepare_directory(environ=os.environ) -> Path:
-    """In the master, before any worker: the multiprocess directory, emptied."""
+def prepare_directory(environ=os.environ) -> Path | None:
+    """In the master, before any worker: the multiprocess directory, emptied.
+    Returns the directory when it made a private one (removed at exit)."""
     path = environ.get(DIR_VARIABLE)
     if path:
         directory = Path(path)
@@ -48,9 +49,9 @@ def prepare_directory(environ=os.environ) -> Path:
         for entry in directory.iterdir():
             if entry.is_file() and entry.suffix == ".db":
                 entry.unlink()
-    else:
-        directory = Path(tempfile.mkdtemp(prefix="lbproxy-prometheus-"))
-        environ[DIR_VARIABLE] = str(directory)  # inherited by every worker
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="lbproxy-prometheus-"))
+    environ[DIR_VARIABLE] = str(directory)  # inherited by every worker
     return directory
 
 
@@ -70,7 +71,7 @@ def remove_directory(path: Path) -> None:
 # starts: Prometheus's increase() and rate() cannot count a series' first value,
 # so a counter that appears at 10 would lose those 10 (the SLO's bad events).
 # Beyond this many services, their series appear with their first requests.
-PREPARED_SERVICES = 1000
+PREPARED_SERVICES = 100
 
 
 class PrometheusFeed:
@@ -117,14 +118,15 @@ class PrometheusFeed:
         self.tunnels_active = gauge(
             "lbproxy_tunnels_active", "Tunnels open", ["service"], "livesum"
         )
+        # live modes: a replaced worker's last value goes with it (mark_process_dead).
         self.in_rotation = gauge(
-            "lbproxy_hosts_in_rotation", "Hosts in rotation", ["service"], "max"
+            "lbproxy_hosts_in_rotation", "Hosts in rotation", ["service"], "livemax"
         )
         self.dns_hosts = gauge(
-            "lbproxy_dns_hosts", "Hosts the resolved names give", ["service"], "max"
+            "lbproxy_dns_hosts", "Hosts the resolved names give", ["service"], "livemax"
         )
         gauge("lbproxy_workers", "Workers serving", [], "livesum").set(1)
-        build = gauge("lbproxy_build_info", "lbproxy's version", ["version"], "max")
+        build = gauge("lbproxy_build_info", "lbproxy's version", ["version"], "livemax")
         build.labels(__version__).set(1)
         for service in (*services[:PREPARED_SERVICES], UNROUTED):
             for code in ("2xx", "3xx", "4xx", "5xx"):
@@ -189,15 +191,30 @@ class PrometheusFeed:
                 child._sum.inc(buckets[-1])
                 per_service[service] = [0.0] * len(buckets)
 
-    def gauges(self, routes: dict) -> None:
-        """This worker's gauges (live sums for in flight and tunnels; the pod's view else)."""
-        for route in routes.values():
+    def gauges(self, routes) -> None:
+        """This worker's gauges of ``routes`` (those with news: app/observe/metrics.py):
+        live sums for in flight and tunnels, the pod's view for the others."""
+        for route in routes:
             name = route.service.name
             self.in_flight.labels(name).set(route.state.worker_in_flight())
             self.tunnels_active.labels(name).set(route.tunnels)
             self.in_rotation.labels(name).set(len(route.health.in_rotation()))
             if route.names:
                 self.dns_hosts.labels(name).set(len(route.resolved_from))
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """``Accept`` lists application/openmetrics-text with a q above 0."""
+    for media_range in accept.split(","):
+        kind, *params = (part.strip() for part in media_range.split(";"))
+        if kind != "application/openmetrics-text":
+            continue
+        q = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            return float(q) > 0
+        except ValueError:
+            return False
+    return False
 
 
 def exposition(accept: str) -> tuple[bytes, str]:
@@ -207,7 +224,7 @@ def exposition(accept: str) -> tuple[bytes, str]:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    if "application/openmetrics-text" in accept:
+    if wants_openmetrics(accept):
         from prometheus_client.openmetrics import exposition as openmetrics
 
         return openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST

@@ -65,12 +65,24 @@ def start_area(workers: int) -> None:
     _zone = _area.place(_active)
 
 
+_private_metrics_dir = None  # made by start_prometheus, removed by stop_prometheus
+
+
 def start_prometheus() -> None:
     """gunicorn's ``on_starting``: the multiprocess directory of /metrics, emptied
     once (never on SIGHUP: counters would go back to zero)."""
+    global _private_metrics_dir
     from app.observe.prometheus import prepare_directory
 
-    prepare_directory()
+    _private_metrics_dir = prepare_directory()
+
+
+def stop_prometheus() -> None:
+    """gunicorn's ``on_exit``: a private directory goes with the master."""
+    from app.observe.prometheus import remove_directory
+
+    if _private_metrics_dir is not None:
+        remove_directory(_private_metrics_dir)
 
 
 def assign_column(worker) -> None:

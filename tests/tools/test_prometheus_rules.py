@@ -65,3 +65,14 @@ def test_the_dashboard_asks_for_its_prometheus_data_source_on_import():
             or f'"{base.removeprefix("lbproxy_")}"' in (lbproxy_metrics)
             or f"record: {name}" in rules
         ), name
+
+
+def test_the_evaluator_counts_events_per_series_so_a_pod_leaving_is_no_restart():
+    from monitoring.evaluate import _events
+
+    pod_a = {0: 100.0, 10: 110.0, 20: 120.0}
+    pod_b = {0: 50.0, 10: 55.0}  # gone after t=10: the sum drops, no event is invented
+    restarted = {0: 30.0, 10: 2.0, 20: 5.0}  # a restart: counts from zero again
+    assert _events([pod_a, pod_b]) == {10: 15.0, 20: 10.0}
+    assert _events([restarted]) == {10: 2.0, 20: 3.0}
+    assert _events([]) == {}

@@ -66,7 +66,8 @@ def value(text: str, sample: str) -> float:
 def test_requests_are_summed_then_flushed_into_the_pods_exposition(tmp_path):
     answer = run_worker(tmp_path, 8)
     before, after = answer["before"], answer["after"]
-    assert "lbproxy_requests_total{" not in before  # nothing before the flush
+    assert value(before, 'lbproxy_requests_total{code="2xx",service="unrouted"}') == 0
+    assert 'lbproxy_requests_total{code="2xx",service="web"}' not in before  # not flushed
     assert value(after, 'lbproxy_requests_total{code="2xx",service="web"}') == 8
     assert value(after, 'lbproxy_request_errors_total{kind="connect_error",service="web"}') == 1
     assert value(after, 'lbproxy_requests_total{code="4xx",service="unrouted"}') == 1
@@ -118,7 +119,7 @@ def test_the_master_empties_a_given_directory_once_and_makes_one_if_none(tmp_pat
     (tmp_path / "counter_1.db").write_bytes(b"x")
     (tmp_path / "keep.txt").write_text("not ours")
     environ = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    assert prepare_directory(environ) == tmp_path
+    assert prepare_directory(environ) is None  # given, not made: nothing to remove later
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     made: dict = {}
     directory = prepare_directory(made)
@@ -146,3 +147,12 @@ def test_metrics_off_is_a_404_and_the_key_is_checked():
         assert "proxy.prometheus" in str(error)
     else:
         raise AssertionError("a string for proxy.prometheus was accepted")
+
+
+def test_openmetrics_only_when_accepted_with_a_q_above_zero():
+    from app.observe.prometheus import wants_openmetrics
+
+    assert wants_openmetrics("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    assert wants_openmetrics("text/plain;q=0.5, application/openmetrics-text;q=0.9")
+    assert not wants_openmetrics("application/openmetrics-text;q=0")
+    assert not wants_openmetrics("text/plain; version=0.0.4") and not wants_openmetrics("")
