@@ -112,10 +112,18 @@ def optional(check: Check) -> Check:
     return check_optional
 
 
-def strategy(value: Any, where: str) -> str:
-    if value not in STRATEGIES:
-        raise ConfigError(where, f"expected one of {', '.join(STRATEGIES)}, got {_describe(value)}")
-    return value
+def one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: Any, where: str) -> str:
+        if value not in choices:
+            raise ConfigError(
+                where, f"expected one of {', '.join(choices)}, got {_describe(value)}"
+            )
+        return value
+
+    return check
+
+
+strategy = one_of(STRATEGIES)
 
 
 def url_path(value: Any, where: str) -> str:
@@ -637,13 +645,7 @@ def limit_key(value: Any, where: str) -> str:
     raise ConfigError(where, f"expected client_ip, service or header:NAME, got {_describe(value)}")
 
 
-SCOPES = ("local", "global")
-
-
-def scope(value: Any, where: str) -> str:
-    if value not in SCOPES:
-        raise ConfigError(where, f"expected local or global, got {_describe(value)}")
-    return value
+scope = one_of(("local", "global"))
 
 
 @dataclass(frozen=True)
@@ -757,13 +759,7 @@ def nameservers(value: Any, where: str) -> tuple[tuple[str, int], ...]:
     return tuple(servers)
 
 
-FAMILIES = ("ipv4", "ipv6", "any")
-
-
-def family(value: Any, where: str) -> str:
-    if value not in FAMILIES:
-        raise ConfigError(where, f"expected one of {', '.join(FAMILIES)}, got {_describe(value)}")
-    return value
+family = one_of(("ipv4", "ipv6", "any"))
 
 
 @dataclass(frozen=True)

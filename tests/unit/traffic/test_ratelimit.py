@@ -256,7 +256,7 @@ def test_a_bad_replica_count_stops_the_start(monkeypatch):
         (
             SERVICE.format(limit="{rate: 1, scope: pod}"),
             "proxy.services[0].rate_limit.scope",
-            "local or global",
+            "one of local, global",
         ),
         (
             SERVICE.format(limit="{rate: 1}") + "  redis: {url: 'http://x'}\n",
