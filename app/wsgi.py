@@ -100,10 +100,13 @@ class Proxy:
         (app/traffic/shared.ProberLock); until then, try again every second."""
         import gevent
 
-        while self.stopping or not self.prober.acquire():
+        while not self.prober.acquire():
+            gevent.sleep(PROBER_RETRY)
             if self.stopping:
                 return
-            gevent.sleep(PROBER_RETRY)
+        if self.stopping:  # elected while the worker stops: hand it on at once
+            self.prober.release()
+            return
         log.info("lbproxy: worker %d runs the pod's health checks and lookups", os.getpid())
         if any(service.discover for service in self.config.services):
             self.discovery = spawn(self._discover)

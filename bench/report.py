@@ -347,18 +347,17 @@ def domains_table(data: dict) -> list[str]:
     return _table(header, lines)
 
 
-def ratelimit_table(data: dict) -> list[str]:
-    """Rate limits (issue 19): no limit, a local one, a global one, in one run."""
-    rows = [r for r in data["results"] if r["section"] == "ratelimit"]
-    base = next((r for r in rows if r["peer"] == "lbproxy-2w"), None)
-    names = {"lbproxy-2w": "none", "lbproxy-2w-limit-local": "local (the pod's buckets)",
-             "lbproxy-2w-limit-global": "global (Redis, EVALSHA)"}  # fmt: skip
+def variants_table(data: dict, section: str, baseline: str, names: dict, first: str) -> list[str]:
+    """One section's lbproxy variants, each row's CPU per request against the
+    ``baseline`` peer's, measured in the same run (the ratelimit and prometheus
+    sections). ``names``: the label of each peer; ``first``: the first column."""
+    rows = [r for r in data["results"] if r["section"] == section]
+    base = next((r for r in rows if r["peer"] == baseline), None)
+    base_cpu = base["cpu_us_per_req"] if base else None
     lines = []
     for row in rows:
-        cpu, base_cpu = row["cpu_us_per_req"], base["cpu_us_per_req"] if base else None
-        extra = (
-            cpu - base_cpu if cpu is not None and base_cpu is not None and row is not base else None
-        )
+        cpu = row["cpu_us_per_req"]
+        versus = "–" if row is base or cpu is None or base_cpu is None else f"{cpu - base_cpu:+.0f}"
         lines.append(
             [
                 names.get(row["peer"], row["peer"]),
@@ -366,35 +365,27 @@ def ratelimit_table(data: dict) -> list[str]:
                 _ms(row["latency_us"]["p50"]),
                 _ms(row["latency_us"]["p99"]),
                 _cpu(row),
-                "–" if extra is None else f"{extra:+.0f}",
+                versus,
+                _num(row["rss_kib"] / MIB, 1),
                 str(row["errors_total"]),
             ]
         )
-    header = ["limit", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "vs none", "errors"]
+    header = [first, "req/s", "p50 ms", "p99 ms", "CPU µs/req", f"vs {names[baseline]}",
+              "RSS MiB", "errors"]  # fmt: skip
     return _table(header, lines)
+
+
+def ratelimit_table(data: dict) -> list[str]:
+    """Rate limits (issue 19): no limit, a local one, a global one, in one run."""
+    names = {"lbproxy-2w": "none", "lbproxy-2w-limit-local": "local (the pod's buckets)",
+             "lbproxy-2w-limit-global": "global (Redis, EVALSHA)"}  # fmt: skip
+    return variants_table(data, "ratelimit", "lbproxy-2w", names, "limit")
 
 
 def prometheus_table(data: dict) -> list[str]:
     """/metrics on (the default) against off, in one run (issue 20)."""
-    rows = [r for r in data["results"] if r["section"] == "prometheus"]
-    off = next((r for r in rows if r["peer"] == "lbproxy-2w-noprom"), None)
-    lines = []
-    for row in rows:
-        cpu, off_cpu = row["cpu_us_per_req"], off["cpu_us_per_req"] if off else None
-        extra = "–" if row is off or cpu is None or off_cpu is None else f"{cpu - off_cpu:+.0f}"
-        lines.append(
-            [
-                "off" if row is off else "on",
-                _num(row["rps"]),
-                _ms(row["latency_us"]["p50"]),
-                _ms(row["latency_us"]["p99"]),
-                _cpu(row),
-                extra,
-                _num(row["rss_kib"] / MIB, 1),
-            ]
-        )
-    header = ["/metrics", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "vs off", "RSS MiB"]
-    return _table(header, lines)
+    names = {"lbproxy-2w": "on", "lbproxy-2w-noprom": "off"}
+    return variants_table(data, "prometheus", "lbproxy-2w-noprom", names, "/metrics")
 
 
 def concurrency_table(data: dict) -> list[str]:

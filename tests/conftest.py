@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.processes import Proxy, free_port, start_mock, write_config
+from tests.processes import Proxy, StatsdDaemon, free_port, start_mock, write_config
 
 BALANCED = "balanced.test"
 FAILOVER = "failover.test"
 DEAD = "dead.test"
 SLOW = "slow.test"
 COUNTED = "counted.test"
+
+
+@pytest.fixture(scope="module")
+def statsd(tmp_path_factory):
+    """The real StatsD daemon, for one test module: its counters hold all it was sent."""
+    daemon = StatsdDaemon(tmp_path_factory.mktemp("statsd"))
+    yield daemon
+    daemon.stop()
 
 
 @pytest.fixture(scope="session")

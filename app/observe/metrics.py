@@ -130,12 +130,12 @@ class Metrics:
     def request_done(self, record: Record) -> None:
         if self.prometheus is not None:
             self.prometheus.request_done(record)
-            if record.service:
-                self.active.add(record.service)
-        if self.client is None:
+        elif self.client is None:
             return
         if record.service:
             self.active.add(record.service)
+        if self.client is None:
+            return
         service, host = self._scopes_of(record.service, record.upstream)
         status_class = record.status // 100 if record.status else None
         for scope in (service, host) if host else (service,):

@@ -18,13 +18,13 @@ from collections.abc import Collection
 from functools import lru_cache
 
 from app.config import Host, Service
-from app.traffic.shared import ServiceState
+from app.traffic.shared import ServiceState, private_state
 
 
 class Balancer:
     def __init__(self, hosts: tuple[Host, ...], state: ServiceState | None = None):
         self.hosts = hosts
-        self.state = state or _private_state(hosts)
+        self.state = state or private_state(hosts)
 
     def pick(self, exclude: Collection[Host] = (), limit: int | None = None) -> Host | None:
         candidates = self.candidates(exclude, limit)
@@ -126,12 +126,3 @@ STRATEGIES = {
 
 def make_balancer(service: Service, state: ServiceState | None = None) -> Balancer:
     return STRATEGIES[service.strategy](service.hosts, state)
-
-
-def _private_state(hosts: tuple[Host, ...]) -> ServiceState:
-    """A balancer of its own, outside any pod (tests, tools)."""
-    from app.config import ProxyConfig
-    from app.traffic.shared import Zone
-
-    service = Service(name="private", domain="private.invalid", hosts=hosts)
-    return Zone.private(ProxyConfig(services=(service,)), exact=True).service(service)

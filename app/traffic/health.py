@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from app.config import Host, Service
-from app.traffic.shared import ServiceState
+from app.traffic.shared import ServiceState, private_state
 
 log = logging.getLogger("gunicorn.error")
 
@@ -41,12 +41,10 @@ class Health:
         clock: Callable[[], float] = time.monotonic,
         state: ServiceState | None = None,
     ):
-        from app.traffic.balancer import _private_state
-
         self.service = service
         self.policy = service.outlier
         self.clock = clock
-        self.shared = state or _private_state(service.hosts)
+        self.shared = state or private_state(service.hosts)
         self.states = self.shared.host_state  # HostState views on the area, by host
         self.ejectable = len(service.hosts) * self.policy.max_ejected_percent // 100
         self.on_event: Callable[[str, Host], None] = lambda event, host: None

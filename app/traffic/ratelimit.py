@@ -88,13 +88,10 @@ class LocalBuckets:
 
     @property
     def lock(self) -> int:
-        """This process's own open file description of the lock (flock is per
-        description: one inherited over a fork would exclude nothing)."""
+        """This process's own description of the lock, opened again after a fork."""
         pid = os.getpid()
         if self._lock is None or self._lock[0] != pid:
-            self.area.create_lock()  # made by the master already in a gunicorn worker
-            path = f"/proc/self/fd/{self.area.bucket_lock_fd}"
-            self._lock = (pid, os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            self._lock = (pid, self.area.own_description("bucket_lock_fd"))
         return self._lock[1]
 
     def admit(self, key: int, interval: int, tolerance: int) -> int:

@@ -254,6 +254,18 @@ class SharedArea:
         if self.bucket_lock_fd is None:
             self.bucket_lock_fd = os.memfd_create("lbproxy-buckets")
 
+    def own_description(self, attribute: str) -> int:
+        """A new open file description of one of the lock files, this process's own.
+
+        ``flock`` locks a description: one inherited from the master would be
+        shared by every worker and exclude nothing. Opening the memory file anew
+        through ``/proc/self/fd`` gives each process its own (and no path on any
+        filesystem is needed, so a read-only root is fine).
+        """
+        self.create_lock()  # made by the master already in a gunicorn worker
+        path = f"/proc/self/fd/{getattr(self, attribute)}"  # lock_fd or bucket_lock_fd
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
     # --- every process ---------------------------------------------------
 
     @property
@@ -311,6 +323,13 @@ class Zone:
 
     def name(self, service: Service, entry: Host) -> NameRecord:
         return NameRecord(self.area, self.name_slots[(service.name, entry.name)])
+
+
+def private_state(hosts: tuple[Host, ...]) -> ServiceState:
+    """A service's words in an area of its own, outside any pod (a lone
+    balancer or health view: tests, tools)."""
+    service = Service(name="private", domain="private.invalid", hosts=hosts)
+    return Zone.private(ProxyConfig(services=(service,)), exact=True).service(service)
 
 
 class NameRecord:
@@ -463,11 +482,10 @@ class HostState:
 class ProberLock:
     """One worker of the pod runs the active health checks: the one holding this lock.
 
-    The lock is ``flock`` on a memory file the master created (no path on any
-    filesystem, so a read-only root is fine). Each worker opens the file anew
-    through ``/proc/self/fd`` (a descriptor inherited from the master would
-    share one lock among all of them). The kernel frees the lock when its
-    holder dies, however it dies; the others try again every second.
+    The lock is ``flock`` on a memory file the master created, through a
+    description each worker opens for itself (``SharedArea.own_description``).
+    The kernel frees the lock when its holder dies, however it dies; the
+    others try again every second.
     """
 
     def __init__(self, area: SharedArea):
@@ -482,8 +500,7 @@ class ProberLock:
         if self.held:
             return True
         if self.fd is None:
-            self.area.create_lock()  # already made by the master in a gunicorn worker
-            self.fd = os.open(f"/proc/self/fd/{self.area.lock_fd}", os.O_RDWR | os.O_CLOEXEC)
+            self.fd = self.area.own_description("lock_fd")
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from devkit.processes import wait_until
-from tests.processes import Dnsmasq, Proxy, StatsdDaemon, free_port, start_mock, write_config
+from tests.processes import Dnsmasq, Proxy, free_port, start_mock, write_config
 
 WEB = "web.svc.test"
 TWO = ["127.0.0.2", "127.0.0.3"]
@@ -46,13 +46,6 @@ def dns(directory, port, mocks):
     )
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def statsd(directory):
-    daemon = StatsdDaemon(directory)
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devkit.processes import wait_until
-from tests.processes import Proxy, RedisServer, StatsdDaemon, start_mock, write_config
+from tests.processes import Proxy, RedisServer, start_mock, write_config
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +34,6 @@ def redis():
     server = RedisServer()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def statsd(directory):
-    daemon = StatsdDaemon(directory)
-    yield daemon
-    daemon.stop()
 
 
 def services(mock):
