@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
@@ -19,13 +20,16 @@ import socket
 import struct
 import sys
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import yaml
 
 from devkit import lbproxy
 from devkit.lbproxy import REPO, start_mock
-from devkit.processes import Server, free_port
+from devkit.processes import Server, StartError, free_port, wait_until
 
 __all__ = [
     "REPO",
@@ -188,13 +192,20 @@ class PrometheusServer(Server):
         ]
         super().__init__("prometheus", args, port)
         self.url = f"http://127.0.0.1:{port}"
+        # The web port opens before the TSDB: queries answer 503 until /-/ready does not.
+        if not wait_until(self.ready, self, 30, "/-/ready"):
+            self.stop()
+            raise StartError("prometheus: /-/ready did not answer 200 within 30 s", self.output())
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as answer:
+                return answer.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def query(self, promql: str) -> list:
         """An instant query's result vector ([] when nothing matches)."""
-        import json
-        import urllib.parse
-        import urllib.request
-
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
         with urllib.request.urlopen(url, timeout=5) as answer:
             return json.load(answer)["data"]["result"]

@@ -177,7 +177,6 @@ def test_prometheus_scrapes_it_and_answers_queries(prometheus, proxy):
 def test_the_evaluator_gives_the_colours_from_prometheus(prometheus, proxy):
     for _ in range(10):
         fresh(proxy, "web.test")
-    time.sleep(3)  # scraped
 
     def evaluate(service: str) -> dict:
         result = subprocess.run(
@@ -188,7 +187,8 @@ def test_the_evaluator_gives_the_colours_from_prometheus(prometheus, proxy):
         )  # fmt: skip
         return json.loads(result.stdout)["results"][0]
 
-    assert evaluate("web")["colour"] == "green"  # no 5xx
+    # green once Prometheus holds enough scrapes of the requests (none a 5xx)
+    assert wait_until(lambda: evaluate("web")["colour"] == "green", prometheus, 30, "green")
     for _ in range(10):
         fresh(proxy, "dead.test")  # every request a 502
     reached = wait_until(lambda: evaluate("dead")["colour"] == "red", prometheus, 30, "red")
