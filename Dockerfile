@@ -1,13 +1,15 @@
 # lbproxy images. No build engine runs in CI: this file is checked by hadolint
-# (tests/tools/test_deploy.py) and built by hand, as docs/deploy.md shows:
+# (tests/tools/test_deploy.py), its stages are assembled and run by
+# tests/tools/test_image.py, and it is built by hand, as docs/deploy.md shows:
 #   docker build -t lbproxy:0.1.0 .                           # the proxy (default target)
 #   docker build --target mock -t lbproxy-mock:0.1.0 .        # the demo's mock upstream
 
 # --- runtime dependencies: rebuilt only when requirements.txt changes ---------
 FROM python:3.11.14-slim-bookworm AS runtime
 
+# No PYTHONUNBUFFERED: the access log flushes itself each second; unbuffered,
+# a stdout log would cost a write() per request.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it.
@@ -21,10 +23,20 @@ COPY requirements.txt .
 # reuses this layer.
 RUN pip install --no-cache-dir -r requirements.txt
 
-# --- the mock upstream (the demo's lbserverdown) -------------------------------
-FROM runtime AS mock
+# --- lbproxy installed: the `lbproxy` command and the app and mock packages ----
+FROM runtime AS package
 
-COPY mock/ mock/
+COPY pyproject.toml README.md requirements.txt /src/
+COPY app/ /src/app/
+COPY mock/ /src/mock/
+# Its requirements are the layer above; this adds the packages and the command.
+RUN pip install --no-cache-dir --no-deps /src
+
+# --- the mock upstream (the demo's lbserverdown) -------------------------------
+# It serves with the proxy's gunicorn worker (app.process.worker): the package
+# has both.
+FROM package AS mock
+
 USER 10001:10001
 EXPOSE 9001
 # The mock answers 200 to any path.
@@ -35,7 +47,7 @@ ENTRYPOINT ["python", "-m", "mock", "--address", "0.0.0.0", "--port", "9001"]
 CMD ["--name", "lbserverdown"]
 
 # --- the proxy (default target: last stage) ------------------------------------
-FROM runtime AS proxy
+FROM package AS proxy
 
 # PROXY_CONFIG: where proxy.yaml is read; Kubernetes mounts its ConfigMap there.
 # PROXY_WORKERS: gunicorn workers. Set it: os.cpu_count() in a container is the
@@ -45,8 +57,6 @@ ENV PROXY_CONFIG=/etc/lbproxy/proxy.yaml \
     PROXY_WORKER_CONNECTIONS=1000
 
 COPY proxy.yaml /etc/lbproxy/proxy.yaml
-COPY gunicorn.conf.py ./
-COPY app/ app/
 
 USER 10001:10001
 # 8080: proxy.listen (traffic); 9901: proxy.admin (/healthz, /readyz, /status).
@@ -55,4 +65,5 @@ EXPOSE 8080 9901
 # moves proxy.admin.port, override this check (docker run --health-cmd ...).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9901/healthz', timeout=2)"]
-ENTRYPOINT ["gunicorn", "-c", "gunicorn.conf.py"]
+# gunicorn with lbproxy's settings; arguments after the image name go to gunicorn.
+ENTRYPOINT ["lbproxy", "run"]

@@ -1,95 +1,12 @@
 """gunicorn settings for lbproxy: ``gunicorn -c gunicorn.conf.py`` from the repo root.
 
-gunicorn runs this file in the master at start and again on SIGHUP. It
-validates proxy.yaml first (see app/process/master.py): an invalid file stops the start
-with the reason, and on reload keeps the running config.
-
-Environment (app/process/settings.py):
-  PROXY_CONFIG              path of proxy.yaml (default: proxy.yaml in the repo root)
-  PROXY_WORKERS             worker processes (default: one per CPU)
-  PROXY_WORKER_CONNECTIONS  requests one worker holds at once (default 1000); also
-                            the depth of each upstream's connection pool
-  PROXY_ACCESS_LOG          "-" (stdout, the default), a file path, or "off"
-  PROXY_HTTP_SERVER         "lbproxy" (its own HTTP/1.1 server, the default) or "gunicorn"
-  STATSD_HOST/PORT/PREFIX   metrics target, over proxy.statsd (app/observe/metrics.py)
+The settings live in the package, app/process/gunicorn_conf.py, so that an
+installed lbproxy has them too (``lbproxy run`` gives gunicorn that file). This
+file runs it afresh each time gunicorn runs this one, at start and on SIGHUP:
+runpy, unlike an import, does not keep the module, so a reload re-reads
+proxy.yaml.
 """
 
-from app.process import master, settings
-from app.process.master import load_or_keep
+import runpy
 
-_config = load_or_keep()
-settings.replicas()  # a bad PROXY_REPLICAS stops the start here, not in every worker
-
-wsgi_app = "app.wsgi:application"
-# Every proxy.yaml listener (TLS where it has `tls`: app/http/tls.py), then the
-# admin listener (health and status, app/observe/admin.py), always plain HTTP.
-bind = [f"{listen.address}:{listen.port}" for listen in _config.listeners] + [
-    f"{_config.admin.address}:{_config.admin.port}"
-]
-# A gevent worker accepting in batches under load, serving HTTP with lbproxy's
-# own server, or with gunicorn's when PROXY_HTTP_SERVER=gunicorn (app/process/worker.py).
-worker_class = settings.worker_class()
-workers = settings.workers()
-# Below the concurrency a worker must hold, gunicorn starves connections silently.
-worker_connections = settings.worker_connections()
-# gunicorn's gevent worker bounds both the idle time between requests and the
-# time to read a request's headers with this: a slow client holds its own
-# connection for at most this long, never a worker.
-keepalive = _config.limits.client_timeout
-# Header limits: gunicorn answers 431 (count, size) or 414 (request line) beyond them.
-limit_request_fields = _config.limits.max_header_count
-limit_request_field_size = _config.limits.max_header_size
-limit_request_line = _config.limits.max_request_line
-# SIGTERM: stop accepting, let in-flight requests finish for this long.
-graceful_timeout = 30
-proc_name = "lbproxy"
-# One JSON line per request (app/observe/accesslog.py) on stdout, or to PROXY_ACCESS_LOG
-# (a path, or "off"); --access-logfile and --log-config still apply.
-logger_class = "app.observe.accesslog.JsonAccessLogger"
-accesslog = settings.access_log()
-control_socket_disable = True  # one proxy per host path would collide; not used
-
-
-# The pod's shared area (app/traffic/shared.py), mapped before the first fork,
-# and a column of in-flight counts per worker.
-def on_starting(server):
-    master.start_area(server.cfg.workers)
-    master.start_prometheus()
-
-
-def on_exit(server):
-    master.stop_prometheus()
-
-
-def pre_fork(server, worker):
-    master.assign_column(worker)
-
-
-def child_exit(server, worker):
-    master.free_column(worker)
-
-
-def post_worker_init(worker):
-    """Start each worker's access log, health checks, metrics gauges and log flushes."""
-    import gevent
-
-    worker.wsgi.start_background(gevent.spawn, getattr(worker.log, "log_record", None))
-    if hasattr(worker.log, "flush_access_log"):
-        gevent.spawn(_flush_every_second, worker.log)
-
-
-def _flush_every_second(logger):
-    import gevent
-
-    while True:
-        gevent.sleep(1.0)
-        logger.flush_access_log()
-
-
-def worker_exit(server, worker):
-    """Send the metrics and write the access-log lines the worker still holds."""
-    metrics = getattr(worker.wsgi, "metrics", None)
-    if metrics is not None:
-        metrics.flush(prometheus=True)
-    if hasattr(worker.log, "flush_access_log"):
-        worker.log.flush_access_log()
+globals().update(runpy.run_module("app.process.gunicorn_conf"))

@@ -2,9 +2,10 @@
 
 Every key the proxy understands is declared here and nowhere else: each block
 is a frozen dataclass whose fields carry their default and their check. Loading
-produces immutable objects; any problem raises ConfigError naming the exact
+produces immutable objects; a problem raises ConfigError naming the exact
 place in the file (``proxy.services[1].hosts[0].port``) and the reason, so a
-user can fix the file without reading this code.
+user can fix the file without reading this code. A file is read to its end:
+every problem in it is reported at once (ConfigErrors), not one per run.
 
 The original project's schema (listen, services with name/domain/hosts) is
 accepted unchanged; everything else is optional. Service settings left out
@@ -48,7 +49,69 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
+class ConfigErrors(ConfigError):
+    """Several problems of one file, each a ConfigError, in the order they were found."""
+
+    def __init__(self, errors: list[ConfigError]):
+        ValueError.__init__(self, "\n".join(str(error) for error in errors))
+        self.errors = tuple(errors)
+        self.where = errors[0].where
+        self.reason = f"{len(errors)} problems"
+
+
+def problems(error: ConfigError) -> tuple[ConfigError, ...]:
+    """Each problem an error stands for: itself, or the ones it gathers."""
+    return error.errors if isinstance(error, ConfigErrors) else (error,)
+
+
 Check = Callable[[Any, str], Any]
+
+
+# --- reading on past a problem ----------------------------------------------
+# parse_config collects: a failing field, list item or block is recorded, its
+# siblings are still checked, and the parents of a failed part fail too (without
+# a second message). Anything else (a block read on its own) raises the first one.
+
+_PROBLEMS: contextvars.ContextVar[list | None] = contextvars.ContextVar("problems", default=None)
+
+
+class _Reported(Exception):
+    """A part failed and its problems are recorded: its parent has failed too."""
+
+
+FAILED = object()  # the value of a part that did not pass its check
+
+
+def _note(error: ConfigError) -> None:
+    """Record a problem and read on, or raise it when nothing collects."""
+    found = _PROBLEMS.get()
+    if found is None:
+        raise error
+    found.append(error)
+
+
+def _recorded() -> int:
+    found = _PROBLEMS.get()
+    return 0 if found is None else len(found)
+
+
+def _attempt(check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``, or FAILED once its problem is recorded."""
+    try:
+        return check(*args)
+    except _Reported:
+        return FAILED
+    except ConfigError as error:
+        _note(error)
+        return FAILED
+
+
+def _each(items: list, where: str, check: Callable[..., Any], *args: Any) -> tuple:
+    """``check(item, where[i], *args)`` for every item, all of them checked."""
+    checked = tuple(_attempt(check, item, f"{where}[{i}]", *args) for i, item in enumerate(items))
+    if FAILED in checked:
+        raise _Reported
+    return checked
 
 
 def setting(default: Any, check: Check, doc: str, required: bool = False) -> Any:
@@ -326,6 +389,13 @@ class Admin:
 
     address: str = setting("0.0.0.0", address, "address of the admin listener")
     port: int = setting(9901, port, "its port; must differ from `listen.port`")
+    ready_requires_upstreams: bool = setting(
+        False,
+        boolean,
+        "`/readyz` answers 503 while a service has no usable host. Off by default: every"
+        " replica sees the same upstreams, so all would leave the Service together and take"
+        " every other service down with them (docs/operations.md)",
+    )
 
 
 @dataclass(frozen=True)
@@ -709,8 +779,7 @@ class Policy:
 
 
 def hosts(value: Any, where: str) -> tuple[Host, ...]:
-    items = _list(value, where)
-    checked = tuple(host_entry(item, f"{where}[{i}]") for i, item in enumerate(items))
+    checked = _each(_list(value, where), where, host_entry)
     if repeat := _repeated([host.name for host in checked]):
         index, first = repeat
         raise ConfigError(
@@ -851,8 +920,11 @@ class ProxyConfig:
 
 
 def config_path() -> Path:
-    """The file named by $PROXY_CONFIG, else proxy.yaml at the repo root."""
-    return Path(os.environ.get("PROXY_CONFIG") or DEFAULT_CONFIG_PATH)
+    """The file named by $PROXY_CONFIG, else proxy.yaml at the repo root in a
+    checkout, else (an installed lbproxy) proxy.yaml in the working directory."""
+    if named := os.environ.get("PROXY_CONFIG"):
+        return Path(named)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else Path("proxy.yaml")
 
 
 def load_config(path: str | os.PathLike | None = None) -> ProxyConfig:
@@ -874,6 +946,20 @@ def parse_config(text: str, source: str = "<memory>") -> ProxyConfig:
 
 
 def _parse(text: str, source: str) -> ProxyConfig:
+    found: list[ConfigError] = []
+    token = _PROBLEMS.set(found)
+    try:
+        config = _attempt(_document, text, source)
+    finally:
+        _PROBLEMS.reset(token)
+    if len(found) > 1:
+        raise ConfigErrors(found)
+    if found:
+        raise found[0]
+    return config
+
+
+def _document(text: str, source: str) -> ProxyConfig:
     try:
         document = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as error:
@@ -881,7 +967,10 @@ def _parse(text: str, source: str) -> ProxyConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(where, f"not valid YAML ({problem})") from None
+    before = _recorded()
     root = _mapping(document, "(top level)", required={"proxy"})
+    if _recorded() > before:
+        raise _Reported
     return _proxy(root["proxy"], "proxy", source)
 
 
@@ -902,26 +991,29 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
             "prometheus",
         },
     )
-    listeners = _listeners(data.get("listen"), f"{where}.listen")
-    admin = block(Admin, data.get("admin"), f"{where}.admin")
-    for index, listen in enumerate(listeners):
-        if admin.port == listen.port:
-            place = f"{where}.listen" if len(listeners) == 1 else f"{where}.listen[{index}]"
-            raise ConfigError(f"{where}.admin.port", f"must differ from {place}.port")
-    defaults = block(Policy, data.get("defaults"), f"{where}.defaults")
-    services = _services(data["services"], f"{where}.services", defaults)
-    limits = block(Limits, data.get("limits"), f"{where}.limits")
-    statsd = block(Statsd, data.get("statsd"), f"{where}.statsd")
-    resolver = block(Resolver, data.get("resolver"), f"{where}.resolver")
+    before = _recorded()
+    listeners = _attempt(_listeners, data.get("listen"), f"{where}.listen")
+    admin = _attempt(block, Admin, data.get("admin"), f"{where}.admin")
+    if FAILED not in (listeners, admin):
+        _attempt(_ports_apart, admin, listeners, where)
+    defaults = _attempt(block, Policy, data.get("defaults"), f"{where}.defaults")
+    services = FAILED  # a missing list is reported by _mapping
+    if defaults is not FAILED and "services" in data:
+        services = _attempt(_services, data.get("services"), f"{where}.services", defaults)
+    limits = _attempt(block, Limits, data.get("limits"), f"{where}.limits")
+    statsd = _attempt(block, Statsd, data.get("statsd"), f"{where}.statsd")
+    resolver = _attempt(block, Resolver, data.get("resolver"), f"{where}.resolver")
     redis = None
     if data.get("redis") is not None:
-        redis = block(Redis, data["redis"], f"{where}.redis")
+        redis = _attempt(block, Redis, data["redis"], f"{where}.redis")
     trusted = ()
     if data.get("trusted_proxies") is not None:
-        trusted = networks(data["trusted_proxies"], f"{where}.trusted_proxies")
-    if redis is None:
-        _global_needs_redis(services, defaults, where)
-    prometheus = boolean(data.get("prometheus", True), f"{where}.prometheus")
+        trusted = _attempt(networks, data["trusted_proxies"], f"{where}.trusted_proxies")
+    if redis is None and FAILED not in (services, defaults):
+        _attempt(_global_needs_redis, services, defaults, where)
+    prometheus = _attempt(boolean, data.get("prometheus", True), f"{where}.prometheus")
+    if _recorded() > before:
+        raise _Reported
     return ProxyConfig(
         services,
         listeners,
@@ -935,6 +1027,13 @@ def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
         trusted,
         prometheus,
     )
+
+
+def _ports_apart(admin: Admin, listeners: tuple[Listen, ...], where: str) -> None:
+    for index, listen in enumerate(listeners):
+        if admin.port == listen.port:
+            place = f"{where}.listen" if len(listeners) == 1 else f"{where}.listen[{index}]"
+            raise ConfigError(f"{where}.admin.port", f"must differ from {place}.port")
 
 
 def _global_needs_redis(services: tuple[Service, ...], defaults: Policy, where: str) -> None:
@@ -954,9 +1053,7 @@ def _listeners(value: Any, where: str) -> tuple[Listen, ...]:
     """``listen``: one mapping (the original schema), or a list of them."""
     if not isinstance(value, list):
         return (block(Listen, value, where),)
-    listeners = tuple(
-        block(Listen, item, f"{where}[{i}]") for i, item in enumerate(_list(value, where))
-    )
+    listeners = _each(_list(value, where), where, lambda item, place: block(Listen, item, place))
     if repeat := _repeated([listen.port for listen in listeners]):
         index, first = repeat
         raise ConfigError(
@@ -974,6 +1071,7 @@ def block(kind: type, value: Any, where: str, inherited: Any = None):
     """
     fields = {f.name: f for f in dataclasses.fields(kind) if "check" in f.metadata}
     required = {name for name, spec in fields.items() if spec.metadata["required"]}
+    before = _recorded()
     data = _mapping(value, where, required=required, optional=set(fields) - set(required))
     values = {}
     for key, spec in fields.items():
@@ -982,17 +1080,18 @@ def block(kind: type, value: Any, where: str, inherited: Any = None):
         if key not in data:
             values[key] = base
         elif not dataclasses.is_dataclass(check):
-            values[key] = check(data[key], f"{where}.{key}")
+            values[key] = _attempt(check, data[key], f"{where}.{key}")
         elif data[key] is None and spec.default is None:
             values[key] = None  # an optional block, turned off here
         else:
-            values[key] = block(check, data[key], f"{where}.{key}", base)
+            values[key] = _attempt(block, check, data[key], f"{where}.{key}", base)
+    if _recorded() > before:
+        raise _Reported  # the problems are recorded; the block is not built
     return kind(**values)
 
 
 def _services(value: Any, where: str, defaults: Policy) -> tuple[Service, ...]:
-    items = _list(value, where)
-    services = tuple(_service(item, f"{where}[{i}]", defaults) for i, item in enumerate(items))
+    services = _each(_list(value, where), where, _service, defaults)
     _unique(services, "domain", where)
     _unique(services, "name", where)
     return services
@@ -1018,10 +1117,10 @@ def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset())
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             known = ", ".join(sorted(allowed))
-            raise ConfigError(f"{where}.{key}", f"unknown key{suggestion}; known keys: {known}")
+            _note(ConfigError(f"{where}.{key}", f"unknown key{suggestion}; known keys: {known}"))
     for key in sorted(required):
         if key not in value:
-            raise ConfigError(f"{where}.{key}", "required key is missing")
+            _note(ConfigError(f"{where}.{key}", "required key is missing"))
     return value
 
 

@@ -70,7 +70,7 @@ class Proxy:
     ):
         self.config = config
         self.router = Router(config, zone, self._health_event)
-        self.admin = AdminApp(self.router)
+        self.admin = AdminApp(self.router, require_upstreams=config.admin.ready_requires_upstreams)
         self.admin_port = str(config.admin.port)
         self.max_body_size = config.limits.max_body_size
         self.forwarder = Forwarder(Pools.from_session(make_session(len(config.hosts), concurrency)))

@@ -7,13 +7,21 @@ paths never shadow a path of a routed domain, and a client of the proxy port
 cannot reach them.
 
   GET /healthz  liveness: 200 while the worker serves
-  GET /readyz   readiness: 200 when every service has a host in rotation, else 503
+  GET /readyz   readiness: 200 "ready", naming any service without a usable
+                host; 503 for those with ``proxy.admin.ready_requires_upstreams``
   GET /status   JSON: services, their hosts, whether each is in rotation, and
                 the requests in flight
 
+A usable host is in rotation and not failing (Health.usable): a lone host
+that fails in a row stays in rotation (max_ejected_percent), yet a service
+whose every request gets a 502 has nothing usable. Readiness does not depend
+on upstreams by default: each replica sees the same upstreams, so a dead one
+would take every replica out of the Service, and every other service with it.
+
 Health and in-flight counts are the pod's, read from its shared area
 (app/traffic/shared.py), so every worker gives the same answer. The tunnel
-count is the answering worker's (tunnels are bounded per worker).
+count is the answering worker's (tunnels are bounded per worker); /status says
+so in its "view".
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from app.traffic.routing import Router
 
 
 class AdminApp:
-    def __init__(self, router: Router, metrics: bool = False):
+    def __init__(self, router: Router, metrics: bool = False, require_upstreams: bool = False):
         self.router = router
+        self.require_upstreams = require_upstreams  # proxy.admin.ready_requires_upstreams
         self.pages = {"/healthz": self.healthz, "/readyz": self.readyz, "/status": self.status}
         self.metrics = metrics  # proxy.prometheus: GET /metrics
 
@@ -65,14 +74,14 @@ class AdminApp:
 
     def readyz(self, start_response):
         services = self.router.services.values()
-        empty = [service.name for service in services if not self.health_of(service).in_rotation()]
-        if empty:
-            return _answer(
-                start_response,
-                "503 Service Unavailable",
-                f"no host for: {', '.join(empty)}\n".encode(),
-            )
-        return _answer(start_response, "200 OK", b"ready\n")
+        empty = [service.name for service in services if not self.health_of(service).usable()]
+        if not empty:
+            return _answer(start_response, "200 OK", b"ready\n")
+        unusable = f"no usable host for: {', '.join(empty)}"
+        if self.require_upstreams:
+            return _answer(start_response, "503 Service Unavailable", f"{unusable}\n".encode())
+        note = "(ready: proxy.admin.ready_requires_upstreams is false)"
+        return _answer(start_response, "200 OK", f"{unusable} {note}\n".encode())
 
     def status(self, start_response):
         services = []
@@ -84,6 +93,8 @@ class AdminApp:
                 _resolved(status, route)
             services.append(status)
         pod = {
+            # Whose counts these are: the pod's, from the shared area, but for tunnels.
+            "view": {"hosts": "pod", "in_flight": "pod", "tunnels": "worker"},
             "worker_pid": os.getpid(),
             "prober_pid": _alive(self.router.zone.area.prober_pid),
             "services": services,
@@ -136,17 +147,24 @@ def _iso(timestamp: float) -> str:
 def host_status(health: Health, host: Host) -> dict:
     state = health.states[host]
     ejected_for = max(0.0, state.ejected_until - health.clock())
-    down = state.active_down and health.service.health_check is not None
     in_flight = health.shared.host_in_flight(host)
     out = host in health.out_of_rotation()
     return {
         "host": host.name,
         "weight": host.weight,
         "in_rotation": not out,
+        "failing": health.failing(host),  # in rotation or not, it fails in a row
         "ejected_for": round(ejected_for, 1),
-        "health_check": "down" if down else "up",
+        "health_check": health_check_state(health, state),
         "in_flight": in_flight,
     }
+
+
+def health_check_state(health: Health, state) -> str:
+    """ "off" without a health_check, else what the last probes said."""
+    if health.service.health_check is None:
+        return "off"
+    return "down" if state.active_down else "up"
 
 
 def _alive(pid: int) -> int | None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 
-from app.config import ConfigError, ProxyConfig, config_path, load_config
+import setproctitle
+
+from app.config import ConfigError, ProxyConfig, config_path, load_config, problems
 from app.traffic.shared import Capacity, SharedArea, Zone
 
 log = logging.getLogger("gunicorn.error")
@@ -45,14 +47,20 @@ def load_or_keep() -> ProxyConfig:
         config = load_config(path)
         zone = _area.place(config) if _area is not None else None
     except ConfigError as error:
+        found = "; ".join(f"{path}: {problem}" for problem in problems(error))
         if _active is None:
-            raise SystemExit(f"lbproxy: refusing to start: {path}: {error}") from None
-        log.error("lbproxy: reload refused, keeping the running config: %s: %s", path, error)
+            raise SystemExit(f"lbproxy: refusing to start: {found}") from None
+        log.error("lbproxy: reload refused, keeping the running config: %s", found)
         return _active
     if _active is not None:
         log.info("lbproxy: reloaded %s (%d services)", path, len(config.services))
     _active, _zone = config, zone
     return config
+
+
+def set_title(role: str) -> None:
+    """``ps`` shows "lbproxy: master" and "lbproxy: worker" (setproctitle, a requirement)."""
+    setproctitle.setproctitle(f"lbproxy: {role}")
 
 
 def start_area(workers: int) -> None:

@@ -63,6 +63,15 @@ class Health:
         out = self.out_of_rotation()
         return [host for host in self.service.hosts if host not in out]
 
+    def failing(self, host: Host) -> bool:
+        """Failed ``consecutive_failures`` times in a row and still failing: a host
+        max_ejected_percent keeps in rotation (a lone one, say) though it is down."""
+        return self.states[host].failures >= self.policy.consecutive_failures
+
+    def usable(self) -> list[Host]:
+        """The hosts readiness counts on: in rotation and not failing."""
+        return [host for host in self.in_rotation() if not self.failing(host)]
+
     # --- passive ---------------------------------------------------------
 
     def record_success(self, host: Host) -> None:

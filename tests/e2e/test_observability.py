@@ -9,6 +9,7 @@ import time
 
 import pytest
 import requests
+import yaml
 
 from tests.processes import Proxy, StatsdDaemon, free_port, start_mock, write_config
 
@@ -218,6 +219,26 @@ def test_a_request_id_is_made_forwarded_and_returned(mock, tmp_path):
     assert refused.headers["X-Request-Id"] == "abc-43"
 
 
+def test_readiness_names_a_lone_dead_host_and_by_default_stays_ready(tmp_path):
+    """No health check, one host, connection refused: every request is a 502 and
+    the host is never ejected (max_ejected_percent); /readyz names the service."""
+    dead = [{"name": "dead", "domain": "dead.test", "hosts": [{"address": "127.0.0.1",
+             "port": free_port()}], "retry": {"attempts": 0}}]  # fmt: skip
+    proxy = Proxy(write_config(tmp_path, dead), workers=1)
+    url = f"http://127.0.0.1:{proxy.admin_port}/readyz"
+    try:
+        assert requests.get(url, timeout=5).text == "ready\n"
+        assert {get(proxy, "dead.test").status_code for _ in range(3)} == {502}
+        answer = requests.get(url, timeout=5)
+        status = requests.get(f"http://127.0.0.1:{proxy.admin_port}/status", timeout=5).json()
+    finally:
+        proxy.stop()
+    assert answer.status_code == 200
+    assert answer.text.startswith("no usable host for: dead (ready:")
+    host = status["services"][0]["hosts"][0]
+    assert (host["in_rotation"], host["failing"], host["health_check"]) == (True, True, "off")
+
+
 def test_readiness_flips_when_every_host_of_a_service_is_down(tmp_path):
     flaky = start_mock("flaky")
     port = flaky.port
@@ -234,7 +255,11 @@ def test_readiness_flips_when_every_host_of_a_service_is_down(tmp_path):
             },
         }
     ]
-    proxy = Proxy(write_config(tmp_path, checked), workers=2)
+    config = write_config(tmp_path, checked)
+    document = yaml.safe_load(config.read_text())
+    document["proxy"]["admin"]["ready_requires_upstreams"] = True
+    config.write_text(yaml.safe_dump(document))
+    proxy = Proxy(config, workers=2)
 
     def ready():
         url = f"http://127.0.0.1:{proxy.admin_port}/readyz"

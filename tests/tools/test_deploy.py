@@ -119,7 +119,7 @@ def port_number(cont: dict, port: int | str) -> int:
 
 
 def graceful_timeout() -> int:
-    tree = ast.parse((ROOT / "gunicorn.conf.py").read_text())
+    tree = ast.parse((ROOT / "app" / "process" / "gunicorn_conf.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "graceful_timeout" for t in node.targets
@@ -456,7 +456,7 @@ def test_dockerfile_proxy_image():
     user = last("USER").split(":")[0]
     assert user not in ("root", "0"), user
     assert [i for i, _ in final].index("USER") < [i for i, _ in final].index("ENTRYPOINT")
-    assert last("ENTRYPOINT") == '["gunicorn", "-c", "gunicorn.conf.py"]'
+    assert last("ENTRYPOINT") == '["lbproxy", "run"]'  # the installed package's command
     assert f"127.0.0.1:{DEFAULT_ADMIN_PORT}/healthz" in last("HEALTHCHECK")
     exposed = {int(p) for a in [a for i, a in final if i == "EXPOSE"] for p in a.split()}
     assert {DEFAULT_LISTEN_PORT, DEFAULT_ADMIN_PORT} <= exposed
@@ -506,10 +506,11 @@ def test_dockerignore_keeps_the_build_context_small_but_complete():
         assert dockerignored(path, patterns), f"{path} would be sent to the build"
     # Everything a COPY names must stay in the context, or the build fails.
     copied = [
-        a.split()[0]
+        source
         for stage in stages(ROOT / "Dockerfile").values()
         for i, a in stage
         if i == "COPY" and not a.startswith("--from")
+        for source in a.split()[:-1]
     ]
     assert copied
     for source in copied:

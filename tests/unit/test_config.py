@@ -7,7 +7,16 @@ import dataclasses
 import pytest
 import yaml
 
-from app.config import REPO_ROOT, ConfigError, load_config, parse_config
+from app.config import (
+    REPO_ROOT,
+    Admin,
+    ConfigError,
+    ConfigErrors,
+    block,
+    load_config,
+    parse_config,
+    problems,
+)
 
 ORIGINAL = """
 proxy:
@@ -305,3 +314,78 @@ def test_health_check_is_off_unless_configured_and_can_be_turned_off():
 )
 def test_resilience_keys_are_validated(text, message):
     assert error_of(text).startswith(message)
+
+
+# --- every problem at once ---------------------------------------------------
+
+EIGHT_PROBLEMS = """
+proxy:
+  listen: {address: 0.0.0.0, port: 80800}
+  admin: {port: 9901, colour: blue}
+  statsd: {interval: -1}
+  services:
+    - name: a
+      domain: a.test
+      hosts: [{address: 127.0.0.1, port: abc}, {address: "not a host", port: 1}]
+    - name: b
+      domian: b.test
+      hosts: [{address: 127.0.0.1, port: 1}]
+      strategy: fastest
+"""
+
+
+def test_a_file_is_read_to_its_end_and_every_problem_reported():
+    with pytest.raises(ConfigErrors) as caught:
+        parse_config(EIGHT_PROBLEMS)
+    assert [problem.where for problem in caught.value.errors] == [
+        "proxy.listen.port",
+        "proxy.admin.colour",
+        "proxy.services[0].hosts[0].port",
+        "proxy.services[0].hosts[1].address",
+        "proxy.services[1].domian",
+        "proxy.services[1].domain",
+        "proxy.services[1].strategy",
+        "proxy.statsd.interval",
+    ]
+    assert str(caught.value).splitlines()[0] == (
+        "proxy.listen.port: expected an integer 1-65535, got 80800"
+    )
+    assert problems(caught.value) == caught.value.errors
+
+
+def test_one_problem_is_a_plain_config_error():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "proxy:\n  services:\n    - {name: a, domain: a.test, hosts: [{address: h, port: 0}]}\n"
+        )
+    assert type(caught.value) is ConfigError
+    assert problems(caught.value) == (caught.value,)
+    assert (
+        str(caught.value) == "proxy.services[0].hosts[0].port: expected an integer 1-65535, got 0"
+    )
+
+
+def test_checks_that_need_a_failed_part_are_not_run_on_it():
+    """A bad service is not compared with the others (no "already used" on top), and a
+    listener that failed is not compared with the admin port."""
+    text = """
+proxy:
+  listen: {port: 0}
+  admin: {port: 0}
+  services:
+    - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 0}]}
+    - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}
+"""
+    with pytest.raises(ConfigErrors) as caught:
+        parse_config(text)
+    assert [problem.where for problem in caught.value.errors] == [
+        "proxy.listen.port",
+        "proxy.admin.port",
+        "proxy.services[0].hosts[0].port",
+    ]
+
+
+def test_a_block_read_on_its_own_raises_its_first_problem():
+    with pytest.raises(ConfigError, match=r"^x\.colour: unknown key") as caught:
+        block(Admin, {"port": "no", "colour": 1}, "x")
+    assert type(caught.value) is ConfigError
