@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from app.config import Admin, Listen, parse_config
+from tests.tools import dockerfile as dockerfile_model
 
 DEFAULT_ADMIN_PORT = Admin().port
 DEFAULT_LISTEN_PORT = Listen().port
@@ -420,21 +421,8 @@ def test_hadolint_flags_a_bad_dockerfile(tmp_path):
 
 
 def stages(dockerfile: Path) -> dict[str, list[tuple[str, str]]]:
-    """{stage: [(INSTRUCTION, arguments)]}, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    result: dict[str, list[tuple[str, str]]] = {}
-    current: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, arguments = line.partition(" ")
-        instruction = instruction.upper()
-        if instruction == "FROM":
-            name = arguments.split()[-1] if " AS " in arguments.upper() else arguments
-            current = result.setdefault(name, [])
-        current.append((instruction, arguments.strip()))
-    return result
+    """{stage: [(INSTRUCTION, arguments)]} (tests/tools/dockerfile.py reads it)."""
+    return {name: stage.steps for name, stage in dockerfile_model.parse(dockerfile).items()}
 
 
 def test_dockerfile_proxy_image():
@@ -473,27 +461,8 @@ def test_dockerfile_mock_target():
     assert any(i == "HEALTHCHECK" for i, a in mock)
 
 
-def dockerignored(path: str, patterns: list[str]) -> bool:
-    """Docker's rule: the last pattern matching the path or a parent of it wins."""
-    parts = path.split("/")
-    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    ignored = False
-    for raw in patterns:
-        negate = raw.startswith("!")
-        pattern = raw.lstrip("!").strip("/")
-        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
-        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-        if any(re.fullmatch(regex, candidate) for candidate in candidates):
-            ignored = not negate
-    return ignored
-
-
 def test_dockerignore_keeps_the_build_context_small_but_complete():
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    patterns = dockerfile_model.ignore_patterns(ROOT)
     for path in (
         ".venv/bin/python",
         ".git/HEAD",
@@ -503,7 +472,7 @@ def test_dockerignore_keeps_the_build_context_small_but_complete():
         ".coverage",
         "app/__pycache__/config.cpython-311.pyc",
     ):
-        assert dockerignored(path, patterns), f"{path} would be sent to the build"
+        assert dockerfile_model.dockerignored(path, patterns), f"{path} would be sent to the build"
     # Everything a COPY names must stay in the context, or the build fails.
     copied = [
         source
@@ -516,4 +485,6 @@ def test_dockerignore_keeps_the_build_context_small_but_complete():
     for source in copied:
         probe = source.rstrip("/") + ("/__init__.py" if source.endswith("/") else "")
         assert (ROOT / probe).exists(), f"COPY {source}: not in the repo"
-        assert not dockerignored(probe, patterns), f"COPY {source}: excluded by .dockerignore"
+        assert not dockerfile_model.dockerignored(probe, patterns), (
+            f"COPY {source}: excluded by .dockerignore"
+        )
