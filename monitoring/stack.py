@@ -23,6 +23,10 @@ Debian packages' own services are not touched. Every port is on 127.0.0.1.
 - graphite-web (Debian, Django under /usr/bin/python3): Django's runserver on
   ``--web-port`` (default 8013), settings generated into the state directory.
 
+Install what it runs first: scripts/install/monitoring.sh (idempotent: StatsD
+from npm, graphite-carbon and graphite-web with apt); ``start`` names it and
+exits 2 when one is missing.
+
 Standard library only (it runs under any python3); processes are started and
 stopped by PID with devkit.processes.
 """
@@ -48,6 +52,8 @@ from devkit.processes import Spawned, StartError, spawn, stop_pids, wait_for_por
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = REPO / "monitoring" / "state"
 STATSD_JS = REPO / "tools" / "statsd" / "node_modules" / "statsd" / "stats.js"
+# Installs all three (StatsD from npm into tools/statsd, carbon and graphite-web from apt).
+INSTALLER = "scripts/install/monitoring.sh"
 SYSTEM_PYTHON = "/usr/bin/python3"
 CARBON_CACHE = "/usr/bin/carbon-cache"
 GRAPHITE_WEB = Path("/usr/lib/python3/dist-packages/graphite")
@@ -317,14 +323,14 @@ FUNCTION_PLUGINS = []
         missing = [
             what
             for what, path in (
-                ("StatsD (scripts/install/statsd.sh)", STATSD_JS),
-                ("carbon-cache (scripts/install/monitoring.sh)", Path(CARBON_CACHE)),
-                ("graphite-web (scripts/install/monitoring.sh)", GRAPHITE_WEB / "settings.py"),
+                ("StatsD", STATSD_JS),
+                ("carbon-cache", Path(CARBON_CACHE)),
+                ("graphite-web", GRAPHITE_WEB / "settings.py"),
             )
             if not path.exists()
         ]
         if missing:
-            raise StackError("not installed: " + ", ".join(missing))
+            raise StackError(f"not installed: {', '.join(missing)}; install with: {INSTALLER}")
 
     def check_ports(self) -> None:
         taken = []

@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "install: nodejs and npm (for the StatsD daemon)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 if [ ! -f tools/statsd/node_modules/statsd/stats.js ]; then
     echo "install: statsd 0.9.0 from npm into tools/statsd"

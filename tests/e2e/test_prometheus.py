@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -172,6 +173,30 @@ def test_prometheus_scrapes_it_and_answers_queries(prometheus, proxy):
         20,
         "a request rate",
     )
+
+
+def test_every_dashboard_query_returns_series_from_the_real_prometheus(prometheus, proxy):
+    """monitoring/prometheus/grafana-dashboard.json's queries, $service as All (.*):
+    each parses and returns a series, the recording rule's too; the service
+    variable's label_values lists the services."""
+    dashboard = json.loads((REPO / "monitoring/prometheus/grafana-dashboard.json").read_text())
+    (service,) = [v for v in dashboard["templating"]["list"] if v["name"] == "service"]
+    queries = [
+        target["expr"].replace("$service", service["allValue"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+    assert len(queries) >= 7
+    for _ in range(5):
+        fresh(proxy, "web.test")
+        fresh(proxy, "dead.test")
+    for query in queries:  # the rules are evaluated every 10 s
+        assert wait_until(lambda q=query: prometheus.query(q), prometheus, 30, query, 0.5), query
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", service["query"]).groups()
+    values = requests.get(
+        f"{prometheus.url}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=5
+    ).json()["data"]
+    assert {"web", "dead"} <= set(values)
 
 
 def test_the_evaluator_gives_the_colours_from_prometheus(prometheus, proxy):

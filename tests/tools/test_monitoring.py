@@ -6,7 +6,10 @@
 - the evaluator on .jtl files made by jmeter/run (a fixture from the
   integration plan, and a live performance run);
 - end to end: load through the proxy → StatsD → carbon → graphite-web, then
-  every Graphite target of the dashboard and of the alert rules returns data.
+  every Graphite target of the dashboard and of the alert rules returns data;
+- the dashboard's JSON: an export that imports into any Grafana (it asks for a
+  Graphite data source) and, provisioned from the file, starts on
+  monitoring/grafana-datasource.yaml's data source.
 
 Everything runs on 127.0.0.1 on free ports, in a temporary state directory,
 and is stopped by PID (monitoring/stack stop). StatsD flushes every 2 s here
@@ -15,6 +18,7 @@ and is stopped by PID (monitoring/stack stop). StatsD flushes every 2 s here
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -31,8 +35,16 @@ import yaml
 
 from devkit.processes import is_alive as alive
 from monitoring import evaluate, grafana, oprange
+from monitoring import stack as monitoring_stack
 from monitoring.slo import budget_target, load
 from monitoring.stack import HISTOGRAM_BINS
+from tests.grafana_dashboards import (
+    chosen,
+    datasource_refs,
+    datasource_variable,
+    export_problems,
+    imported,
+)
 from tests.processes import REPO, Proxy, free_port, start_mock, write_config
 
 STACK = REPO / "monitoring" / "stack"
@@ -559,6 +571,12 @@ def test_every_dashboard_and_alert_target_returns_data(stack, loaded):
         if not any(v is not None for entry in data for v, _ in entry["datapoints"]):
             empty.append(concrete)
     assert not empty, "targets with no data:\n" + "\n".join(empty)
+    # The service variable's query lists the services (its menu; All is "*").
+    (service,) = [v for v in document["templating"]["list"] if v["name"] == "service"]
+    found = requests.get(
+        f"{stack.url}/metrics/find", params={"query": service["query"]}, timeout=30
+    ).json()
+    assert {"my-service", "failover", "dead"} <= {node["text"] for node in found}
 
 
 def test_the_render_urls_in_the_docs_return_data(stack, loaded):
@@ -612,6 +630,59 @@ def test_grafana_files_are_generated_from_the_slos():
     }
     assert {r["data"][0]["relativeTimeRange"]["from"] for r in rules} == {300}
     assert {r["data"][1]["model"]["reducer"] for r in rules} == {"min"}
+
+
+def test_stack_start_names_the_installer_when_statsd_is_missing(monkeypatch, tmp_path, capsys):
+    """A fresh clone has no tools/statsd: start exits 2 and says which command installs it."""
+    monkeypatch.setattr(monitoring_stack, "STATSD_JS", tmp_path / "none" / "stats.js")
+    state = tmp_path / "state"
+    assert monitoring_stack.main(["start", "--state", str(state)]) == 2
+    error = capsys.readouterr().err
+    assert "not installed: StatsD; install with: scripts/install/monitoring.sh" in error
+    assert not (state / "run" / "stack.json").exists()  # nothing started
+    installer = REPO / monitoring_stack.INSTALLER
+    assert "scripts/install/statsd.sh" in installer.read_text()  # it installs StatsD too
+    assert installer.stat().st_mode & 0o111
+
+
+def test_the_dashboard_is_an_export_that_asks_for_a_graphite():
+    """Grafana's "Export for sharing externally" shape: one Graphite input, and every
+    panel, query and the service variable on the datasource variable, no fixed uid."""
+    text = grafana.DASHBOARD.read_text()
+    document = json.loads(text)
+    assert export_problems(document, "graphite") == []
+    assert [i["name"] for i in document["__inputs"]] == ["DS_GRAPHITE"]
+    assert len(datasource_refs(document)) >= 40  # 19 panels, their queries, the variable
+    assert grafana.DATASOURCE_UID not in text
+
+
+def test_the_export_check_catches_a_fixed_uid_a_missing_input_and_a_wrong_plugin():
+    """The control: the structure test fails on what made the old file show no data."""
+    document = json.loads(grafana.DASHBOARD.read_text())
+    fixed = copy.deepcopy(document)
+    fixed["panels"][1]["targets"][0]["datasource"] = {"type": "graphite", "uid": "lbproxy-graphite"}
+    assert [p for p in export_problems(fixed, "graphite") if "query A" in p]
+    no_input = {k: v for k, v in document.items() if k != "__inputs"}
+    assert export_problems(no_input, "graphite")
+    assert export_problems(document, "prometheus")
+    unvalued = copy.deepcopy(document)
+    datasource_variable(unvalued)["current"]["value"] = grafana.DATASOURCE_UID
+    assert export_problems(unvalued, "graphite")
+
+
+def test_the_dashboard_starts_on_the_provisioned_graphite_or_on_the_imported_one():
+    document = json.loads(grafana.DASHBOARD.read_text())
+    sources = yaml.safe_load(grafana.DATASOURCE.read_text())["datasources"]
+    (ours,) = [(s["name"], s["uid"]) for s in sources if s["uid"] == grafana.DATASOURCE_UID]
+    # Provisioned from the file: nothing substituted; another Graphite listed first.
+    variable = datasource_variable(document)
+    assert chosen(variable, [("Graphite", "another"), ours]) == grafana.DATASOURCE_UID
+    # Imported: the Graphite the user picks, even where ours exists too.
+    shared = imported(document, {"DS_GRAPHITE": "their-graphite"})
+    assert "${DS_" not in json.dumps(shared)
+    picked = chosen(datasource_variable(shared), [ours, ("Their Graphite", "their-graphite")])
+    assert picked == "their-graphite"
+    assert {ref["uid"] for _, ref in datasource_refs(shared)} == {"${datasource}"}
 
 
 def test_slo_yaml_thresholds_are_the_originals():

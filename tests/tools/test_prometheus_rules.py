@@ -8,6 +8,13 @@ import json
 import re
 import subprocess
 
+from tests.grafana_dashboards import (
+    chosen,
+    datasource_refs,
+    datasource_variable,
+    export_problems,
+    imported,
+)
 from tests.processes import REPO
 
 PROMETHEUS = REPO / "monitoring" / "prometheus"
@@ -42,17 +49,39 @@ def test_promtool_would_catch_a_wrong_colour(tmp_path):
     assert result.returncode != 0
 
 
-def test_the_dashboard_asks_for_its_prometheus_data_source_on_import():
-    dashboard = json.loads((PROMETHEUS / "grafana-dashboard.json").read_text())
-    (source,) = dashboard["__inputs"]
-    assert (source["name"], source["pluginId"]) == ("DS_PROMETHEUS", "prometheus")
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
-        for target in panel["targets"]:
-            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
+def dashboard() -> dict:
+    return json.loads((PROMETHEUS / "grafana-dashboard.json").read_text())
+
+
+def test_the_dashboard_is_an_export_that_asks_for_a_prometheus():
+    """Grafana's "Export for sharing externally" shape: one Prometheus input, and every
+    panel, query and the service variable on the datasource variable."""
+    document = dashboard()
+    assert export_problems(document, "prometheus") == []
+    assert [i["name"] for i in document["__inputs"]] == ["DS_PROMETHEUS"]
+    assert len(datasource_refs(document)) >= 13  # 6 panels, 7 queries, the variable
+
+
+def test_the_dashboard_starts_on_the_imported_prometheus_or_a_provisioned_one():
+    document = dashboard()
+    # Imported: the Prometheus the user picks, not the first one listed.
+    shared = imported(document, {"DS_PROMETHEUS": "theirs"})
+    assert "${DS_" not in json.dumps(shared)
+    sources = [("Prometheus", "first"), ("Their Prometheus", "theirs")]
+    assert chosen(datasource_variable(shared), sources) == "theirs"
+    assert {ref["uid"] for _, ref in datasource_refs(shared)} == {"${datasource}"}
+    # Provisioned from the file (nothing substituted): the one named "Prometheus",
+    # Grafana's name for a first Prometheus data source, else the first listed.
+    variable = datasource_variable(document)
+    assert chosen(variable, [("Thanos", "thanos"), ("Prometheus", "prom")]) == "prom"
+    assert chosen(variable, [("Thanos", "thanos"), ("Mimir", "mimir")]) == "thanos"
+
+
+def test_the_dashboards_metrics_are_lbproxys_or_recording_rules():
+    document = dashboard()
     names = {
         name
-        for panel in dashboard["panels"]
+        for panel in document["panels"]
         for target in panel["targets"]
         for name in re.findall(r"\b(lbproxy[a-z_:]*)", target["expr"])
     }
