@@ -76,12 +76,14 @@ See docs/observability.md.
 whose `X-Forwarded-For` is believed for rate limits keyed by `client_ip`
 (docs/ratelimit.md); by default none is, and the peer's address counts.
 
-Validation names the exact place and the reason, and lbproxy does not start
-(on a reload, the running config stays):
+Validation names the exact place and the reason of every problem in the file
+at once, and lbproxy does not start (on a reload, the running config stays):
 
 ```text
-$ .venv/bin/python -m app check bad.yaml
+$ lbproxy check bad.yaml
+bad.yaml: proxy.admin.colour: unknown key; known keys: address, port, ready_requires_upstreams
 bad.yaml: proxy.services[1].hosts[0].port: expected an integer 1-65535, got 'abc'
+bad.yaml: proxy.services[1].strategy: expected one of round_robin, random, least_connections, got 'fastest'
 ```
 
 Unknown keys are refused with a suggestion (`proxy.services[0].hosts[0].wieght:
@@ -89,8 +91,10 @@ unknown key (did you mean 'weight'?)`), as are missing keys, wrong types, empty
 host lists, duplicate domains, names or hosts, unknown strategies and
 non-positive timeouts, missing certificate files, a certificate that does not
 load with its key, and a CA file that does not parse. Relative certificate and
-CA paths are relative to the directory of proxy.yaml. `python -m app check [FILE]`
-validates without starting anything (exit 0 or 1).
+CA paths are relative to the directory of proxy.yaml. `lbproxy check [FILE]`
+(`python -m app check` in a checkout) validates without starting anything
+(exit 0 or 1). A check that compares parts (duplicate domains, the admin port
+against the listeners) runs once those parts are valid.
 """
 
 
