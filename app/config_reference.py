@@ -83,7 +83,7 @@ at once, and lbproxy does not start (on a reload, the running config stays):
 $ lbproxy check bad.yaml
 bad.yaml: proxy.admin.colour: unknown key; known keys: address, port, ready_requires_upstreams
 bad.yaml: proxy.services[1].hosts[0].port: expected an integer 1-65535, got 'abc'
-bad.yaml: proxy.services[1].strategy: expected one of round_robin, random, least_connections, got 'fastest'
+bad.yaml: proxy.services[1].domian: unknown key (did you mean 'domain'?); known keys: ...
 ```
 
 Unknown keys are refused with a suggestion (`proxy.services[0].hosts[0].wieght:

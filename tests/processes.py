@@ -41,6 +41,7 @@ __all__ = [
     "StatsdDaemon",
     "free_port",
     "serving_worker",
+    "serving_workers",
     "start_mock",
     "start_ws_upstream",
     "write_config",
@@ -72,21 +73,24 @@ def serving_worker(proxy: Server, client: socket.socket) -> int | None:
     """The PID of the proxy worker that accepted ``client`` (a connection to the
     proxy that has had an answer): /proc/net/tcp names the accepted socket's
     inode, /proc/PID/fd says which worker holds it."""
-    client_port = client.getsockname()[1]
-    inode = None
+    return serving_workers(proxy, [client])[0]
+
+
+def serving_workers(proxy: Server, clients: list[socket.socket]) -> list[int | None]:
+    """``serving_worker`` for many connections at once: one read of each table."""
+    inodes: dict[int, str] = {}  # the client's port: its accepted socket's inode
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote = (int(end.split(":")[1], 16) for end in fields[1:3])
-        if local == proxy.port and remote == client_port:
-            inode = fields[9]
-    target = f"socket:[{inode}]"
+        if local == proxy.port:
+            inodes[remote] = f"socket:[{fields[9]}]"
+    holders: dict[str, int] = {}
     for pid in proxy.children():
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
-                    if os.readlink(fd) == target:
-                        return pid
-    return None
+                    holders[os.readlink(fd)] = pid
+    return [holders.get(inodes.get(client.getsockname()[1], "")) for client in clients]
 
 
 class RawServer:

@@ -36,6 +36,7 @@ from app.config import Listen
 from app.http.framing import HeadLimits
 from app.http.server import SERVER_NAME, Server
 from app.http.tls import handshake, is_tls, server_context
+from app.process.accept import Fairness, FairServer
 
 ACCEPT_BATCH = 64
 
@@ -54,10 +55,19 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
         handle = self.handler_for(listener, environ)
         if tls is not None:
             handle = functools.partial(self.serve_tls, server_context(tls), listener, handle)
-        server = StreamServer(listener, handle=handle, spawn=spawn, **ssl)
+        if listen is not None and self.fairness is not None:  # proxy traffic: shared fairly
+            server = FairServer(listener, handle=handle, spawn=spawn, fairness=self.fairness, **ssl)
+        else:
+            server = StreamServer(listener, handle=handle, spawn=spawn, **ssl)
         server.max_accept = ACCEPT_BATCH
         self.servers.append(server)
         return server
+
+    @functools.cached_property
+    def fairness(self) -> Fairness | None:
+        """This worker's share of the pod's connections (app/process/accept.py)."""
+        router = getattr(self.wsgi, "router", None)
+        return Fairness(router.zone.area) if router is not None else None
 
     @functools.cached_property
     def servers(self) -> list:
@@ -108,6 +118,8 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
         # connections (and tunnels) go to the workers that stay.
         for server in self.servers:
             gevent.spawn(server.close)
+        if self.fairness is not None:
+            self.fairness.leave()
         close_tunnels = getattr(self.wsgi, "close_tunnels", None)
         if close_tunnels is not None:
             gevent.spawn(close_tunnels)

@@ -46,6 +46,7 @@ refused like any invalid file.
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import mmap
@@ -120,6 +121,7 @@ class SharedArea:
             ("B", n * NAME_BYTES),
             ("q", capacity.buckets),  # the key's hash
             ("q", capacity.buckets),  # its TAT, time.monotonic_ns()
+            ("i", w),  # each worker's open client connections; -1: not accepting
         )
         self.memory = mmap.mmap(-1, sum(struct.calcsize(kind) * n for kind, n in sizes))
         views, offset = [], 0
@@ -128,7 +130,9 @@ class SharedArea:
             views.append(memoryview(self.memory)[offset : offset + size].cast(kind))
             offset += size
         self.pod, self.services, self.host_times, self.host_counts, self.in_flight = views[:5]
-        self.name_sequences, self.name_bytes, self.bucket_keys, self.bucket_times = views[5:]
+        self.name_sequences, self.name_bytes, self.bucket_keys, self.bucket_times = views[5:9]
+        self.connections = views[9]  # fair accepting (app/process/accept.py)
+        self.connections[:] = array.array("i", [-1]) * w
         self.column = 0  # this process's worker column; set by the master before each fork
         self.lock_fd: int | None = None  # the prober election's file (ProberLock)
         self.bucket_lock_fd: int | None = None  # the buckets' lock (ratelimit.LocalBuckets)
@@ -245,6 +249,17 @@ class SharedArea:
         for index in range(column, len(in_flight), self.capacity.columns):
             if in_flight[index]:
                 in_flight[index] = 0
+        self.connections[column] = -1
+
+    # --- fair accepting: each worker's open connections ---------------------
+
+    def publish_connections(self, count: int) -> None:
+        """This worker's open client connections; -1 when it no longer accepts."""
+        self.connections[self.column] = count
+
+    def accepting_counts(self) -> list[int]:
+        """The open connections of every worker that accepts, this one's included."""
+        return [count for count in self.connections if count >= 0]
 
     def create_lock(self) -> None:
         """The locks' memory files (the prober election, the rate-limit buckets):

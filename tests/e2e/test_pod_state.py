@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from devkit.processes import wait_until
-from tests.processes import Proxy, serving_worker, start_mock, write_config
+from tests.processes import Proxy, serving_worker, serving_workers, start_mock, write_config
 
 COOKIE = "lbproxy_affinity"
 
@@ -357,3 +357,34 @@ def test_hashing_spreads_keys_and_a_removed_host_moves_only_its_own(proxy, confi
     others = [key for key in keys if before[key] != "b"]
     stayed = sum(after[key] == before[key] for key in others)
     assert stayed / len(others) >= 0.95, stayed / len(others)
+
+
+def burst(proxy, count: int, domain: str = "rr.test") -> Counter:
+    """``count`` connections opened at once, then a request on each: how many
+    each worker accepted (the connections stay open until all are counted)."""
+    clients = [
+        http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10) for _ in range(count)
+    ]
+    try:
+        for client in clients:
+            client.connect()  # all queued before the workers' next turn
+        for client in clients:
+            client.request("GET", "/", headers={"Host": domain})
+        for client in clients:
+            client.getresponse().read()
+        return Counter(serving_workers(proxy, [client.sock for client in clients]))
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("count", [100, 400])
+def test_a_burst_of_connections_is_shared_fairly_by_the_workers(proxy, count):
+    """Fair accepting (app/process/accept.py): within 60/40 however the burst comes."""
+    # Both workers listening (a worker not yet booted has no share to leave it).
+    assert wait_until(lambda: len(burst(proxy, 8)) == 2, proxy, 10, "both workers")
+    time.sleep(0.5)  # those connections closed and counted out
+    for _ in range(3):
+        split = burst(proxy, count)
+        assert set(split) == set(proxy.children()), split
+        assert max(split.values()) <= 0.6 * count, split
