@@ -623,18 +623,27 @@ def socket_owners(pids: list[int]) -> dict[str, int]:
     return owners
 
 
-def connections_by_worker(port: int, pids: list[int]) -> dict[int, tuple[int, int]] | None:
-    """Per worker: (client connections it holds, bytes received on them)."""
+def connections_by_worker(port: int, pids: list[int]) -> dict[int | None, tuple[int, int]] | None:
+    """Per worker: (client connections it holds, bytes received on them); under None,
+    the connections no worker holds (established, still in the listen queue)."""
     sockets = accepted_sockets(port)
     if sockets is None:
         return None
     owners = socket_owners(pids)
-    counts = dict.fromkeys(pids, (0, 0))
+    counts: dict[int | None, tuple[int, int]] = dict.fromkeys([*pids, None], (0, 0))
     for inode, received in sockets.items():
-        if (pid := owners.get(inode)) is not None:
-            connections, total = counts[pid]
-            counts[pid] = (connections + 1, total + received)
+        pid = owners.get(inode)
+        connections, total = counts[pid]
+        counts[pid] = (connections + 1, total + received)
     return counts
+
+
+def fuller(new: dict | None, old: dict | None) -> dict | None:
+    """Of two samples, the one that saw more client connections (the later when
+    equal): a sample read as wrk closes its connections sees none."""
+    if new is None or old is None:
+        return new or old
+    return new if sum(c for c, _ in new.values()) >= sum(c for c, _ in old.values()) else old
 
 
 def split_text(values: list[float] | None) -> str:
@@ -650,7 +659,8 @@ def worker_split(
 ) -> dict | None:
     """Each worker's CPU in the measured window, its client connections and the bytes
     they sent it (every request of a case is the same size, so its share of the
-    bytes is its share of the requests), and the splits as text."""
+    bytes is its share of the requests), the connections no worker had accepted,
+    and the splits as text."""
     if not pids:
         return None
     before, after = ticks
@@ -662,6 +672,7 @@ def worker_split(
         "pids": pids,
         "cpu_s": cpu,
         "connections": connections,
+        "unaccepted": sample.get(None, (0, 0))[0] if sample else None,
         "bytes_in": received,
         "requests": [round(requests * r / total) for r in received] if total else None,
         "cpu_split": split_text(cpu),
@@ -919,7 +930,7 @@ class Runner:
                     peak = max(peak, rss)
                     count = len(pids)
                     if workers and time.monotonic() >= late:
-                        split = connections_by_worker(port, workers) or split
+                        split = fuller(connections_by_worker(port, workers), split)
             output, _ = wrk.communicate(timeout=5)
         finally:
             if wrk.poll() is None:

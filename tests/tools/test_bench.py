@@ -709,11 +709,17 @@ def test_worker_split_from_ss_and_cpu_ticks():
     )
     assert harness.parse_ss(output) == {"101": 3000, "102": 0, "103": 1000}
     ticks = ({11: 100, 12: 100}, {11: 152, 12: 148})
-    split = harness.worker_split([11, 12], ticks, {11: (2, 3000), 12: (1, 1000)}, 400)
+    sample = {11: (2, 3000), 12: (1, 1000), None: (1, 0)}
+    split = harness.worker_split([11, 12], ticks, sample, 400)
     assert split["requests"] == [300, 100] and split["requests_split"] == "75/25"
+    assert split["connections"] == [2, 1] and split["unaccepted"] == 1
     assert split["connections_split"] == "67/33" and split["cpu_split"] == "52/48"
     assert split["cpu_s"] == [52 / processes.CLOCK_TICKS, 48 / processes.CLOCK_TICKS]
     no_sample = harness.worker_split([11, 12], ticks, None, 400)
     assert no_sample["requests_split"] == "–" and no_sample["requests"] is None
     assert harness.worker_split([], ticks, None, 400) is None
     assert harness.split_text([0, 0]) == "–" and harness.split_text([1, 1, 2]) == "50/25/25"
+    # A sample read as wrk closes its connections sees none: the fuller one is kept.
+    closing = {11: (0, 0), 12: (0, 0), None: (0, 0)}
+    assert harness.fuller(closing, sample) is sample and harness.fuller(sample, None) is sample
+    assert harness.fuller(dict(sample), sample) is not sample  # equal: the later
