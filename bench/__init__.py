@@ -1,4 +1,5 @@
-"""lbproxy's benchmark: lbproxy against HAProxy, nginx, proxy.py and mitmdump.
+"""lbproxy's benchmark: lbproxy against HAProxy, nginx and the Python proxies
+(proxy.py, mitmdump, and the asyncio ones in bench/plugins/: aiohttp, uvicorn, granian).
 
 Run it with ``bench/run`` (or ``.venv/bin/python -m bench``); docs/bench.md says
 what it measures and how. Modules:
@@ -11,6 +12,8 @@ what it measures and how. Modules:
            (docs/bench.md#websocket)
   report   ratios, added latency, targets, markdown
   sink     a counting StatsD stand-in for lbproxy's "features on" variants
+  plugins  the Python peers' own code, run from bench/.venv-peers: proxy.py's plugin,
+           the asyncio peers (bench_aiohttp.py, bench_asgi.py, bench_forward.py)
 
 Processes are started, measured (/proc) and stopped by PID with devkit.processes.
 """

@@ -27,8 +27,8 @@ def _env(text: str) -> tuple[str, str]:
 def parse_args(argv: list[str]) -> harness.Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="lbproxy against HAProxy, nginx, proxy.py and mitmdump, "
-        "one run on 127.0.0.1 (docs/bench.md).",
+        description="lbproxy against HAProxy, nginx and the Python proxies (proxy.py, "
+        "mitmdump, aiohttp, uvicorn, granian), one run on 127.0.0.1 (docs/bench.md).",
     )
     parser.add_argument(
         "--smoke",
@@ -51,6 +51,19 @@ def parse_args(argv: list[str]) -> harness.Options:
         "lbproxy-2w terminating TLS, HTTP/1.1, HTTP/2 and a handshake per request; websocket: "
         "WebSocket echo through lbproxy-2w and nginx, and direct; ratelimit: lbproxy-2w with no "
         "limit, a local and a global one)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help=f"measure the main section's {harness.REPEAT_CONNECTIONS}-connection point N times, "
+        "in rounds across the peers, and report the median (3; smoke: 1)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="start each chosen proxy, check that it passes the upstream's response and "
+        "request headers and body through intact, stop it; measure nothing",
     )
     parser.add_argument("--out", type=Path, help="output directory (bench/out)")
     parser.add_argument(
@@ -126,7 +139,11 @@ def parse_args(argv: list[str]) -> harness.Options:
         options.peers = harness.SMOKE_PEERS
         options.connections = (1, 100)
         options.sections = ("main",)
-    for name in ("duration", "warmup", "peers", "connections", "sections", "out"):
+        options.repeats = 1
+    if args.check:
+        options.check = True
+        options.sections = ("main",)
+    for name in ("duration", "warmup", "peers", "connections", "sections", "out", "repeats"):
         if getattr(args, name) is not None:
             setattr(options, name, getattr(args, name))
     unknown = set(options.peers) - set(PEERS)
@@ -137,6 +154,8 @@ def parse_args(argv: list[str]) -> harness.Options:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if options.duration < 1 or options.warmup < 0:
         parser.error("--duration must be >= 1 and --warmup >= 0 (whole seconds: wrk's unit)")
+    if options.repeats < 1:
+        parser.error("--repeats must be >= 1")
     options.install = not args.no_install
     options.results = args.results
     options.keep = args.keep
@@ -163,6 +182,8 @@ def parse_args(argv: list[str]) -> harness.Options:
         for peer, cases in harness.plan(options):
             shown = ", ".join(c.name for c in cases)
             print(f"{peer.name:<15} {shown}")
+        for number, each in enumerate(harness.plan_repeats(options), start=2):
+            print(f"repeat round {number}: {', '.join(peer.name for peer, _ in each)}")
         print(f"about {harness.estimate_seconds(options):.0f} s")
         raise SystemExit(0)
     return options

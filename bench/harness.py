@@ -2,10 +2,16 @@
 
 One session per peer: start it, wait until a request through it returns the
 1 KiB body (for the websocket section: until a message through it comes back),
-run its cases back to back, stop it by PID. Each case is a warm-up run
-(discarded), then the measured run (wrk; h2load for the tls section's HTTP/2
-case; bench/wsload.py for the websocket section), with the peer's CPU ticks read
-just before and just after it and its memory sampled every 0.5 s while it runs.
+check that it proxies correctly (check_peer), run its cases back to back, stop
+it by PID. Each case is a warm-up run (discarded), then the measured run (wrk;
+h2load for the tls section's HTTP/2 case; bench/wsload.py for the websocket
+section), with the peer's CPU ticks read just before and just after it (each
+worker's too, for the split between them), its memory sampled every 0.5 s
+while it runs, and near its end which worker holds each client connection and
+how many bytes came in on it (worker_split).
+
+Then the repeat rounds: the main section's 100-connection point again, peer
+after peer, in the same order, each peer started afresh (plan_repeats).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +42,9 @@ from devkit.processes import (
     Registry,
     Spawned,
     StartError,
+    children,
     cpu_ticks,
+    cpu_ticks_each,
     free_port,
     memory_kib,
     system_busy_ticks,
@@ -70,6 +78,9 @@ ORDER = (
     "lbproxy-2w",
     "lbproxy-2w-10k",
     "lbproxy-2w-off",
+    "aiohttp",
+    "uvicorn",
+    "granian",
     "lbproxy-2w-limit-local",
     "lbproxy-2w-limit-global",
     "lbproxy-2w-noprom",
@@ -87,7 +98,9 @@ ORDER = (
 )
 FULL_PEERS = ORDER
 SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
+ASYNCIO_PEERS = ("aiohttp", "uvicorn", "granian")
 QUIET_PCT = 10.0  # "quiet": other processes use less than this % of the machine
+REPEAT_CONNECTIONS = 100  # the main section's point measured `repeats` times
 
 
 @dataclass
@@ -109,6 +122,8 @@ class Options:
     off_env: dict[str, str] = field(default_factory=dict)
     keep: bool = False
     argv: list[str] = field(default_factory=list)
+    repeats: int = 3  # times the main section's 100-connection point is measured
+    check: bool = False  # start each peer and check it proxies correctly; measure nothing
 
     @property
     def full(self) -> bool:
@@ -126,11 +141,13 @@ class Case:
     connections: int
     path: str = "/1k"
     tls: str | None = None  # the tls section's case: a key of tls.CASES
+    repeat: int = 0  # which measurement of a repeated point (1, 2, ...); 0: not repeated
 
     @property
     def name(self) -> str:
         section = f"{self.section}-{self.tls}" if self.tls else self.section
-        return f"{section}:{self.path}@{self.connections}"
+        again = f"#{self.repeat}" if self.repeat else ""
+        return f"{section}:{self.path}@{self.connections}{again}"
 
 
 # The websocket section (docs/bench.md#websocket): 1 connection (round-trip latency),
@@ -157,6 +174,8 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
     bodies at 100 (so memory per body size is read before the 400/1000
     connection runs raise it), then the higher connection counts.
     """
+    if options.check:
+        return check_plan(options)
     sections = set(options.sections)
     sessions = []
     for name in ORDER:
@@ -182,7 +201,12 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
         main = (
             sorted(options.connections) if "main" in sections and name != "lbproxy-2w-10k" else []
         )
-        low = [Case("main", c) for c in main if c <= 100]
+        first = 1 if options.repeats > 1 else 0
+        low = [
+            Case("main", c, repeat=first if c == REPEAT_CONNECTIONS else 0)
+            for c in main
+            if c <= 100
+        ]
         high = [Case("main", c) for c in main if c > 100]
         bodies = []
         if "bodies" in sections and name in BODY_PEERS:
@@ -205,8 +229,38 @@ def plan(options: Options) -> list[tuple[Peer, list[Case]]]:
     return sessions
 
 
+def plan_repeats(options: Options) -> list[list[tuple[Peer, list[Case]]]]:
+    """The repeat rounds after the sessions: in each, every peer whose session has
+    the repeated point measures it once more, in the sessions' order (A, B, C, A,
+    B, C...), so that a busy spell of the machine falls on every peer alike."""
+    repeated = [
+        (peer, case)
+        for peer, cases in plan(options)
+        for case in cases
+        if case.section == "main" and case.repeat == 1
+    ]
+    if not repeated:
+        return []
+    return [
+        [(peer, [replace(case, repeat=number)]) for peer, case in repeated]
+        for number in range(2, options.repeats + 1)
+    ]
+
+
+def check_plan(options: Options) -> list[tuple[Peer, list[Case]]]:
+    """--check: every chosen proxy of the main section, with no case."""
+    return [
+        (PEERS[name], []) for name in ORDER if name in options.peers and is_main_proxy(PEERS[name])
+    ]
+
+
+def is_main_proxy(peer: Peer) -> bool:
+    """A proxy in front of the plain upstream: the correctness check applies."""
+    return peer.kind != "direct" and not (peer.tls or peer.ws)
+
+
 def estimate_seconds(options: Options) -> float:
-    sessions = plan(options)
+    sessions = plan(options) + [s for each in plan_repeats(options) for s in each]
     cases = sum(len(cases) for _, cases in sessions)
     # A TLS session also makes the certificate (once) and probes the peer: about 1 s.
     extra = sum(1.0 for peer, _ in sessions if peer.tls)
@@ -283,13 +337,15 @@ def versions(python_peers: bool, tls_peers: bool = False) -> dict:
             found[package] = metadata.version(package)
     if python_peers:
         python = peers.PEERS_VENV / "bin" / "python"
-        code = (
-            "import importlib.metadata as m; print(m.version('proxy.py'), m.version('mitmproxy'))"
-        )
+        code = f"import importlib.metadata as m; print(*(m.version(p) for p in {PEER_PACKAGES}))"
         line = first_line([str(python), "-c", code]).split()
-        if len(line) == 2:
-            found["proxy.py"], found["mitmproxy"] = line
+        if len(line) == len(PEER_PACKAGES):
+            found.update(zip(PEER_PACKAGES, line, strict=True))
     return found
+
+
+# The Python peers' packages whose versions a run records (bench/requirements-peers.txt).
+PEER_PACKAGES = ("proxy.py", "mitmproxy", "aiohttp", "uvloop", "uvicorn", "httptools", "granian")
 
 
 def cpu_seconds_self_and_children() -> float:
@@ -343,10 +399,13 @@ def install(python_peers: bool) -> None:
     subprocess.run(args, check=True, timeout=900)
 
 
+PEER_TOOLS = ("proxy", "mitmdump", "uvicorn", "granian", "python")
+
+
 def check_tools(python_peers: bool, tls_peers: bool = False) -> None:
     needed = [Path("/usr/sbin/haproxy"), Path("/usr/sbin/nginx"), peers.LBPROXY_GUNICORN]
     if python_peers:
-        needed += [peers.PEERS_VENV / "bin" / "proxy", peers.PEERS_VENV / "bin" / "mitmdump"]
+        needed += [peers.PEERS_VENV / "bin" / tool for tool in PEER_TOOLS]
     missing = [str(path) for path in needed if not path.exists()]
     for tool in ["wrk"] + (["h2load", "openssl"] if tls_peers else []):
         if not shutil.which(tool):
@@ -417,6 +476,211 @@ def wait_ready(
         )
 
 
+@dataclass
+class Running:
+    """What a session started: the peer (or the upstream, for direct) and its helpers."""
+
+    process: Spawned | None = None
+    port: int = 0
+    sink: Spawned | None = None
+    redis: Spawned | None = None
+
+
+def expected_processes(peer: Peer) -> int:
+    """The peer's processes once every worker is up (what wait_ready waits for)."""
+    if peer.kind == "lbproxy":
+        return 1 + (peer.workers or os.cpu_count() or 1)
+    if peer.kind == "nginx":
+        return 3
+    if peer.kind in peers.ASYNCIO_KINDS:
+        return 1 + (peer.workers or peers.ASYNCIO_PROCESSES)
+    return 1
+
+
+# --- the correctness check ---------------------------------------------------------
+
+PROBE_TOKEN = "bench-probe-7f3a"  # the request header the upstream echoes back
+PROBE_QUERY = "q=bench&x=%2F1"  # the query it echoes back (as nginx's $args)
+
+
+def request(port: int, method: str, target: str, headers: dict, body: bytes | None = None):
+    """One request with the bench Host: (status, [(lowercased name, value)], body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
+    try:
+        connection.request(method, target, body=body, headers={"Host": BENCH_DOMAIN, **headers})
+        response = connection.getresponse()
+        fields = [(name.lower(), value) for name, value in response.getheaders()]
+        return response.status, fields, response.read()
+    finally:
+        connection.close()
+
+
+def check_peer(port: int) -> dict:
+    """Whether a proxy passes the upstream's probe (peers.PROBE_PATH) through intact.
+
+    GET: status 200; the body byte for byte (every byte value); one Content-Length
+    of 1024 and no chunking; the upstream's own Content-Type; X-Bench-Echo, the
+    upstream's echo of the request's X-Bench-Probe (the request header reached
+    it, and a response header of its came back); X-Bench-Args, its echo of the
+    query. POST with a body: nginx's 405 for a static file (the method reached it).
+    Returns {"problems": [...]} (empty: passed) and what was seen.
+    """
+    target = f"{peers.PROBE_PATH}?{PROBE_QUERY}"
+    try:
+        status, fields, body = request(port, "GET", target, {"X-Bench-Probe": PROBE_TOKEN})
+        post, _, _ = request(port, "POST", target, {"Content-Type": "text/plain"}, b"p" * 64)
+    except (OSError, http.client.HTTPException) as error:
+        return {"problems": [f"{type(error).__name__}: {error}"]}
+    seen = {name: [v for n, v in fields if n == name] for name, _ in fields}
+    want = {
+        "content-length": [str(len(peers.PROBE_BODY))],
+        "content-type": [peers.PROBE_TYPE],
+        "x-bench-echo": [PROBE_TOKEN],
+        "x-bench-args": [PROBE_QUERY],
+    }
+    problems = [f"GET status {status}"] if status != 200 else []
+    if body != peers.PROBE_BODY:
+        same = len(body) == len(peers.PROBE_BODY)
+        problems.append(f"body: {len(body)} bytes{', not the same bytes' if same else ''}")
+    problems += [
+        f"{name}: {seen.get(name, [])} (want {value})"
+        for name, value in want.items()
+        if seen.get(name, []) != value
+    ]
+    if "transfer-encoding" in seen:
+        problems.append(f"transfer-encoding: {seen['transfer-encoding']}")
+    if post != 405:
+        problems.append(f"POST status {post} (want the upstream's 405)")
+    return {"problems": problems, "status": status, "post_status": post, "body_bytes": len(body),
+            "headers": {name: seen.get(name) for name in want}}  # fmt: skip
+
+
+def off_seen(log: Path) -> dict:
+    """What an "off" variant wrote to its output: JSON access-log lines (want none)."""
+    lines = 0
+    with contextlib.suppress(OSError), open(log, errors="replace") as out:
+        for line in out:
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    lines += isinstance(entry, dict) and "status" in entry
+    return {"access_log_lines": lines}
+
+
+# --- the split between workers ------------------------------------------------------
+
+HELPERS = (b"resource_tracker",)  # multiprocessing's helper next to uvicorn's workers
+
+
+def worker_pids(process: Spawned) -> list[int]:
+    """The peer's workers (its root's children, helpers left out) when there are two
+    or more: the processes whose split is reported."""
+
+    def helper(pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return True
+        return any(name in cmdline for name in HELPERS)
+
+    found = sorted(pid for pid in children(process.pid) if not helper(pid))
+    return found if len(found) >= 2 else []
+
+
+def accepted_sockets(port: int) -> dict[str, int] | None:
+    """Socket inode -> bytes received, of each established connection to port (ss)."""
+    args = ["ss", "-Htien", "state", "established", "sport", "=", f":{port}"]
+    try:
+        output = subprocess.run(args, capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_ss(output)
+
+
+def parse_ss(output: str) -> dict[str, int]:
+    """`ss -tie` output: socket inode -> bytes received (0 when ss shows none)."""
+    found: dict[str, int] = {}
+    inode = None
+    for word in output.split():  # a socket's line has ino:, the line after it bytes_received:
+        if word.startswith("ino:"):
+            inode = word[4:]
+            found[inode] = 0
+        elif word.startswith("bytes_received:") and inode is not None:
+            found[inode] = int(word.split(":", 1)[1])
+    return found
+
+
+def socket_owners(pids: list[int]) -> dict[str, int]:
+    """Socket inode -> which of pids holds it open."""
+    owners = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(entry.path)
+                    if link.startswith("socket:["):
+                        owners[link[8:-1]] = pid
+    return owners
+
+
+def connections_by_worker(port: int, pids: list[int]) -> dict[int | None, tuple[int, int]] | None:
+    """Per worker: (client connections it holds, bytes received on them); under None,
+    the connections no worker holds (established, still in the listen queue)."""
+    sockets = accepted_sockets(port)
+    if sockets is None:
+        return None
+    owners = socket_owners(pids)
+    counts: dict[int | None, tuple[int, int]] = dict.fromkeys([*pids, None], (0, 0))
+    for inode, received in sockets.items():
+        pid = owners.get(inode)
+        connections, total = counts[pid]
+        counts[pid] = (connections + 1, total + received)
+    return counts
+
+
+def fuller(new: dict | None, old: dict | None) -> dict | None:
+    """Of two samples, the one that saw more client connections (the later when
+    equal): a sample read as wrk closes its connections sees none."""
+    if new is None or old is None:
+        return new or old
+    return new if sum(c for c, _ in new.values()) >= sum(c for c, _ in old.values()) else old
+
+
+def split_text(values: list[float] | None) -> str:
+    """Shares in %, largest first: "52/48"; "–" when there is nothing to split."""
+    total = sum(values or ())
+    if not values or total <= 0:
+        return "–"
+    return "/".join(f"{100 * value / total:.0f}" for value in sorted(values, reverse=True))
+
+
+def worker_split(
+    pids: list[int], ticks: tuple[dict, dict], sample: dict | None, requests: int
+) -> dict | None:
+    """Each worker's CPU in the measured window, its client connections and the bytes
+    they sent it (every request of a case is the same size, so its share of the
+    bytes is its share of the requests), the connections no worker had accepted,
+    and the splits as text."""
+    if not pids:
+        return None
+    before, after = ticks
+    cpu = [(after.get(pid, 0) - before.get(pid, 0)) / CLOCK_TICKS for pid in pids]
+    connections = [sample[pid][0] for pid in pids] if sample else None
+    received = [sample[pid][1] for pid in pids] if sample else None
+    total = sum(received or ())
+    return {
+        "pids": pids,
+        "cpu_s": cpu,
+        "connections": connections,
+        "unaccepted": sample.get(None, (0, 0))[0] if sample else None,
+        "bytes_in": received,
+        "requests": [round(requests * r / total) for r in received] if total else None,
+        "cpu_split": split_text(cpu),
+        "requests_split": split_text(received),
+        "connections_split": split_text(connections),
+    }
+
+
 class Runner:
     def __init__(self, options: Options):
         self.options = options
@@ -477,106 +741,137 @@ class Runner:
             status, got = fetch(self.upstream_port, path)
             if (status, got) != (200, size):
                 raise StartError(f"upstream {path}: HTTP {status}, {got} bytes (want {size})")
+        # The check every proxy must pass: the upstream itself passes it first.
+        self.upstream_notes["check"] = check_peer(self.upstream_port)
+        if problems := self.upstream_notes["check"]["problems"]:
+            raise StartError(f"upstream: the correctness probe fails: {'; '.join(problems)}")
         self.log(f"upstream nginx on 127.0.0.1:{self.upstream_port}")
 
-    def run_session(self, peer: Peer, cases: list[Case]) -> None:
-        session: dict = {"peer": peer.name, "label": peer.label, "kind": peer.kind}
-        self.sessions.append(session)
-        home = self.tmp / peer.name
-        sink = None
-        redis = None
-        process = None
+    def run_session(self, peer: Peer, cases: list[Case], repeat: int = 0) -> None:
+        """Start the peer, check it, measure its cases, stop it.
+
+        repeat > 1: a repeat round's run of the peer, kept in its session's
+        ``repeat_runs`` (skipped when its session failed to start).
+        """
+        if repeat > 1:
+            session = next((s for s in self.sessions if s["peer"] == peer.name), None)
+            if session is None or session.get("error"):
+                return
+            record: dict = {"repeat": repeat}
+            session.setdefault("repeat_runs", []).append(record)
+            home = self.tmp / f"{peer.name}-{repeat}"
+        else:
+            session = record = {"peer": peer.name, "label": peer.label, "kind": peer.kind}
+            self.sessions.append(session)
+            home = self.tmp / peer.name
+        running = Running()
         try:
-            if peer.ws:
-                self.start_echo()
-            if peer.kind == "direct" and peer.ws:
-                port, process = self.echo_port, self.echo
-                session["command"] = "(no proxy: bench/wsload.py to the WebSocket echo upstream)"
-            elif peer.kind == "direct":
-                port, process = self.upstream_port, self.upstream
-                session["command"] = "(no proxy: wrk to the upstream nginx)"
-            else:
-                port = free_port()
-                extra = {
-                    "admin_port": free_port(),
-                    "statsd_port": free_port(),
-                    "on_env": self.options.on_env,
-                    "off_env": self.options.off_env,
-                }
-                if peer.tls:
-                    extra["tls"] = self.certificate()
-                if peer.limit == "global":
-                    if not Path(peers.redis_args(0)[0]).exists():
-                        raise StartError("redis-server is not installed (scripts/install/redis.sh)")
-                    extra["redis_port"] = free_port()
-                    redis = self.procs.start(
-                        "redis", peers.redis_args(extra["redis_port"]), self.tmp / "redis.log"
-                    )
-                    wait_for_port(extra["redis_port"], redis)
-                target = self.echo_port if peer.ws else self.upstream_port
-                launch = peers.launch(peer, home, port, target, extra)
-                session["command"] = launch.command()
-                session["notes"] = launch.notes
-                if peer.kind == "lbproxy" and peer.features:
-                    sink = self.procs.start(
-                        "statsd-sink",
-                        peers.sink_args(extra["statsd_port"], home / "statsd.json"),
-                        home / "sink.log",
-                        cwd=REPO,
-                    )
-                started = time.monotonic()
-                process = self.procs.start(
-                    peer.name, launch.args, self.tmp / f"{peer.name}.log",
-                    env=launch.env, cwd=launch.cwd, stop_signal=launch.stop_signal,
-                )  # fmt: skip
-                expected = 1
-                if peer.kind == "lbproxy":
-                    expected = 1 + (peer.workers or os.cpu_count() or 1)
-                elif peer.kind == "nginx":
-                    expected = 3
-                context = tls.client_context(extra["tls"].ca) if peer.tls else None
-                if peer.ws:
-                    wait_ws_ready(process, port, expected)
-                else:
-                    wait_ready(process, port, expected, context=context)
-                session["start_s"] = round(time.monotonic() - started, 2)
-                if peer.tls:
-                    try:
-                        session["tls"] = tls.probe(port, extra["tls"].ca, BENCH_DOMAIN)
-                    except OSError as error:  # ssl.SSLError too: note it, measure anyway
-                        session["tls"] = {"error": f"{type(error).__name__}: {error}"}
-            session["processes"] = len(process.tree())
-            self.log(f"{peer.label}: {session['command']}")
+            self.start_peer(peer, home, record, running)
+            self.log(f"{peer.label}: {record['command']}")
             for case in cases:
-                try:
-                    row = self.measure_quietly(peer, process, port, case, sink)
-                except (ValueError, OSError, subprocess.SubprocessError) as error:
-                    # wrk failed (no report line): note it, go on with the next case.
-                    text = f"{case.name}: {error}"
-                    session.setdefault("case_errors", []).append(text)
-                    self.log(f"  FAILED {text}")
-                    continue
-                self.rows.append(row)
-                cpu = row["cpu_us_per_req"] or 0.0
-                section = f"{case.section}-{case.tls}" if case.tls else case.section
-                self.log(
-                    f"  {section:<13} {case.path:>5} c={case.connections:<4} "
-                    f"{row['rps']:>9.0f} req/s  p50 {row['latency_us']['p50'] / 1000:.2f} ms  "
-                    f"p99 {row['latency_us']['p99'] / 1000:.2f} ms  cpu {cpu:.0f} us/req  "
-                    f"rss {row['rss_kib'] / 1024:.0f} MiB  err {row['errors_total']}"
-                    f"+{row['errors']['timeout']}t"
-                )
+                self.run_case(peer, case, running, session)
         except StartError as error:
-            session["error"] = str(error)
+            record["error"] = str(error)
             self.log(f"{peer.label}: FAILED: {error}")
         finally:
-            if process is not None and process not in (self.upstream, self.echo):
-                self.procs.stop(process)
-            if sink is not None:
-                self.procs.stop(sink)
-                session["features"] = features_seen(home, peer)
-            if redis is not None:
-                self.procs.stop(redis)
+            self.stop_peer(peer, home, record, running)
+
+    def start_peer(self, peer: Peer, home: Path, record: dict, running: Running) -> None:
+        """Start the peer (and its sink, its Redis), wait until it serves, check it."""
+        if peer.ws:
+            self.start_echo()
+        if peer.kind == "direct" and peer.ws:
+            running.port, running.process = self.echo_port, self.echo
+            record["command"] = "(no proxy: bench/wsload.py to the WebSocket echo upstream)"
+            return
+        if peer.kind == "direct":
+            running.port, running.process = self.upstream_port, self.upstream
+            record["command"] = "(no proxy: wrk to the upstream nginx)"
+            return
+        running.port = port = free_port()
+        extra = {
+            "admin_port": free_port(),
+            "statsd_port": free_port(),
+            "on_env": self.options.on_env,
+            "off_env": self.options.off_env,
+        }
+        if peer.tls:
+            extra["tls"] = self.certificate()
+        if peer.limit == "global":
+            if not Path(peers.redis_args(0)[0]).exists():
+                raise StartError("redis-server is not installed (scripts/install/redis.sh)")
+            extra["redis_port"] = free_port()
+            running.redis = self.procs.start(
+                "redis", peers.redis_args(extra["redis_port"]), self.tmp / "redis.log"
+            )
+            wait_for_port(extra["redis_port"], running.redis)
+        target = self.echo_port if peer.ws else self.upstream_port
+        launch = peers.launch(peer, home, port, target, extra)
+        record["command"] = launch.command()
+        record["notes"] = launch.notes
+        if peer.kind == "lbproxy" and peer.features:
+            running.sink = self.procs.start(
+                "statsd-sink",
+                peers.sink_args(extra["statsd_port"], home / "statsd.json"),
+                home / "sink.log",
+                cwd=REPO,
+            )
+        started = time.monotonic()
+        running.process = process = self.procs.start(
+            peer.name, launch.args, self.tmp / f"{peer.name}.log",
+            env=launch.env, cwd=launch.cwd, stop_signal=launch.stop_signal,
+        )  # fmt: skip
+        context = tls.client_context(extra["tls"].ca) if peer.tls else None
+        if peer.ws:
+            wait_ws_ready(process, port, expected_processes(peer))
+        else:
+            wait_ready(process, port, expected_processes(peer), context=context)
+        record["start_s"] = round(time.monotonic() - started, 2)
+        record["processes"] = len(process.tree())
+        if peer.tls:
+            try:
+                record["tls"] = tls.probe(port, extra["tls"].ca, BENCH_DOMAIN)
+            except OSError as error:  # ssl.SSLError too: note it, measure anyway
+                record["tls"] = {"error": f"{type(error).__name__}: {error}"}
+        if is_main_proxy(peer):
+            record["check"] = check_peer(port)
+            if record["check"]["problems"]:
+                problems = "; ".join(record["check"]["problems"])
+                raise StartError(f"{peer.name} failed the correctness check: {problems}")
+
+    def stop_peer(self, peer: Peer, home: Path, record: dict, running: Running) -> None:
+        if running.process is not None and running.process not in (self.upstream, self.echo):
+            self.procs.stop(running.process)
+        if running.sink is not None:
+            self.procs.stop(running.sink)
+            record["features"] = features_seen(home, peer)
+        if running.redis is not None:
+            self.procs.stop(running.redis)
+        if peer.kind == "lbproxy" and not peer.features and running.process is not None:
+            record["off_seen"] = off_seen(self.tmp / f"{peer.name}.log")
+
+    def run_case(self, peer: Peer, case: Case, running: Running, session: dict) -> None:
+        try:
+            row = self.measure_quietly(peer, running.process, running.port, case, running.sink)
+        except (ValueError, OSError, subprocess.SubprocessError) as error:
+            # wrk failed (no report line): note it, go on with the next case.
+            text = f"{case.name}: {error}"
+            session.setdefault("case_errors", []).append(text)
+            self.log(f"  FAILED {text}")
+            return
+        self.rows.append(row)
+        cpu = row["cpu_us_per_req"] or 0.0
+        section = f"{case.section}-{case.tls}" if case.tls else case.section
+        again = f" #{case.repeat}" if case.repeat else ""
+        split = row.get("workers") or {}
+        shown = f"  split {split['requests_split']} (CPU {split['cpu_split']})" if split else ""
+        self.log(
+            f"  {section:<13} {case.path:>5} c={case.connections:<4} "
+            f"{row['rps']:>9.0f} req/s  p50 {row['latency_us']['p50'] / 1000:.2f} ms  "
+            f"p99 {row['latency_us']['p99'] / 1000:.2f} ms  cpu {cpu:.0f} us/req  "
+            f"rss {row['rss_kib'] / 1024:.0f} MiB  err {row['errors_total']}"
+            f"+{row['errors']['timeout']}t{shown}{again}"
+        )
 
     def measure_quietly(self, peer, process, port, case: Case, sink) -> dict:
         """Measure; if other processes took >= QUIET_PCT of the CPU, wait and measure again.
@@ -610,6 +905,8 @@ class Runner:
         pids = process.tree()
         up_pids = upstream.tree()
         sink_pids = sink.tree() if sink else []
+        workers = worker_pids(process)
+        workers0 = cpu_ticks_each(workers)
         cpu0 = cpu_ticks(pids)
         up0 = cpu_ticks(up_pids)
         sink0 = cpu_ticks(sink_pids)
@@ -620,6 +917,8 @@ class Runner:
         wrk = load.start(spec, self.tmp / f"{spec.tool}.log")
         rss = pss = peak = 0
         count = len(pids)
+        split = None
+        late = started + split_offset(spec)
         try:
             deadline = started + options.duration + 20 + wsload.START_DELAY_S
             while wrk.poll() is None and time.monotonic() < deadline:
@@ -630,12 +929,15 @@ class Runner:
                     rss, pss = memory_kib(pids)
                     peak = max(peak, rss)
                     count = len(pids)
+                    if workers and time.monotonic() >= late:
+                        split = fuller(connections_by_worker(port, workers), split)
             output, _ = wrk.communicate(timeout=5)
         finally:
             if wrk.poll() is None:
                 os.kill(wrk.pid, signal.SIGKILL)
                 wrk.wait()
         elapsed = time.monotonic() - started
+        workers1 = cpu_ticks_each(workers)
         cpu = (cpu_ticks(process.tree()) - cpu0) / CLOCK_TICKS
         up_cpu = (cpu_ticks(upstream.tree()) - up0) / CLOCK_TICKS
         sink_cpu = (cpu_ticks(sink_pids) - sink0) / CLOCK_TICKS
@@ -650,6 +952,7 @@ class Runner:
         errors = result["errors"]
         row = {
             "section": case.section,
+            "repeat": case.repeat or None,
             "peer": peer.name,
             "label": peer.label,
             "connections": case.connections,
@@ -678,6 +981,7 @@ class Runner:
         }
         if case.tls == "handshake":  # every request on a new connection: one handshake each
             row["handshakes_per_s"] = row["rps"]
+        row["workers"] = worker_split(workers, (workers0, workers1), split, requests)
         return row
 
     def load_spec(self, case: Case, port: int, seconds: int) -> load.Spec:
@@ -693,6 +997,14 @@ class Runner:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
         return spec.parse(output)
+
+
+def split_offset(spec: load.Spec) -> float:
+    """When, into a measured run, to read which worker holds each client connection:
+    in its last second. wrk's connections are all open by then and still are;
+    reading costs CPU, so not earlier. wsload's window opens START_DELAY_S late."""
+    delay = wsload.START_DELAY_S if spec.tool == "wsload" else 0.0
+    return spec.seconds - 1.0 + delay
 
 
 def load_spec(case: Case, port: int, seconds: int, h2_log: Path) -> load.Spec:
@@ -763,6 +1075,8 @@ def run(options: Options) -> dict:
             "busy_retries": options.busy_retries,
             "retry_wait_s": options.retry_wait,
             "budget_s": options.budget,
+            "repeats": options.repeats,
+            "repeat_connections": REPEAT_CONNECTIONS,
         },
         "machine": machine() | {"nofile_limit": nofile},
         "versions": versions(python_peers, tls_peers),
@@ -778,6 +1092,10 @@ def run(options: Options) -> dict:
         runner.start_upstream()
         for peer, cases in sessions:
             runner.run_session(peer, cases)
+        for number, each in enumerate(plan_repeats(options), start=2):
+            runner.log(f"repeat round {number} of {options.repeats}")
+            for peer, cases in each:
+                runner.run_session(peer, cases, repeat=number)
     except KeyboardInterrupt:
         data["interrupted"] = True
         runner.log("interrupted: stopping every process started")
@@ -852,17 +1170,28 @@ def main(options: Options) -> int:
         flush=True,
     )
     data = run(options)
-    paths = write(data, options)
-    print(report.markdown(data, brief=True))
-    for kind, path in paths.items():
-        print(f"bench: {kind}: {path}")
+    if options.check:
+        print("\n".join(report.check_lines(data)))
+    else:
+        paths = write(data, options)
+        print(report.markdown(data, brief=True))
+        for kind, path in paths.items():
+            print(f"bench: {kind}: {path}")
     if data["survivors"]:
         print(f"bench: processes left running: {data['survivors']}", file=sys.stderr)
         return 1
     if data.get("interrupted"):
         return 130
-    failed = [s["peer"] for s in data["sessions"] if s.get("error") or s.get("case_errors")]
+    failed = [s["peer"] for s in data["sessions"] if failed_session(s)]
     if data.get("error") or failed:
         print(f"bench: failed: {data.get('error') or ', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def failed_session(session: dict) -> bool:
+    """It did not start, failed its check or a case, or a repeat of it did not start."""
+    repeats = session.get("repeat_runs", [])
+    return bool(
+        session.get("error") or session.get("case_errors") or any(r.get("error") for r in repeats)
+    )

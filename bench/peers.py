@@ -10,6 +10,11 @@ files and temp files in the run's temp dir, and never touch /etc/nginx,
   nginx      nginx, 2 workers, proxy_pass to an upstream block with keepalive 128
   proxypy    proxy.py --threaded, 2 acceptors, reverse proxy (bench/plugins/bench_proxypy.py)
   mitmdump   mitmdump --mode reverse:http://upstream -q
+  aiohttp    aiohttp's server and client on uvloop, 2 processes, one SO_REUSEPORT
+             listener each (bench/plugins/bench_aiohttp.py)
+  uvicorn    uvicorn --loop uvloop --http httptools --workers 2, a raw ASGI app
+             forwarding with aiohttp's client (bench/plugins/bench_asgi.py)
+  granian    granian --interface asgi --workers 2, the same ASGI app
   lbproxy*   gunicorn -c gunicorn.conf.py from the repo root (PROXY_CONFIG, PROXY_WORKERS)
   *-tls      the tls section's peers: HAProxy and lbproxy-2w with one TLS listener
              (ECDSA P-256 certificate, ALPN h2 and http/1.1; bench/tls.py), plain
@@ -19,7 +24,13 @@ files and temp files in the run's temp dir, and never touch /etc/nginx,
              Connection set) and lbproxy-2w with one service (bench/wsload.py)
 
 No peer writes an access log except lbproxy in its "features on" variants,
-which also sends StatsD metrics (to bench/sink.py) when the build supports it.
+which also sends StatsD metrics (to bench/sink.py) when the build supports it;
+its "off" variants have PROXY_ACCESS_LOG=off and no StatsD host.
+
+The upstream also serves /probe/1k for the correctness check every proxy passes
+before it is measured (harness.check_peer): a 1 KiB body of every byte value,
+a Content-Type of its own, and the request's X-Bench-Probe header and query
+echoed back in response headers.
 """
 
 from __future__ import annotations
@@ -43,17 +54,32 @@ LBPROXY_GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
 
 BODIES = {"/1k": 1024, "/100k": 100 * 1024, "/1m": 1024 * 1024}
 BENCH_DOMAIN = "bench.test"
+# The correctness check's body (every byte value: a proxy that decodes, re-encodes
+# or cuts it shows) and the type it is served with (no server's default).
+PROBE_PATH = "/probe/1k"
+PROBE_BODY = bytes(range(256)) * 4
+PROBE_TYPE = "application/x-bench-probe"
 
-# Environment variables lbproxy's observability reads (issue 5); cleared for "off".
-FEATURE_ENV = ("STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX", "GUNICORN_CMD_ARGS")
+# Environment variables lbproxy's observability reads (issue 5); cleared from the
+# inherited environment, then set by the variant.
+FEATURE_ENV = (
+    "STATSD_HOST",
+    "STATSD_PORT",
+    "STATSD_PREFIX",
+    "GUNICORN_CMD_ARGS",
+    "PROXY_ACCESS_LOG",
+)
+# The asyncio peers' processes (each forwards through its own client session).
+ASYNCIO_PROCESSES = 2
 
 
 @dataclass(frozen=True)
 class Peer:
     name: str
     label: str
-    kind: str  # direct, haproxy, nginx, proxypy, mitmdump, lbproxy
-    workers: int | None = None  # lbproxy: PROXY_WORKERS (None: its default, one per CPU)
+    kind: str  # direct, haproxy, nginx, proxypy, mitmdump, aiohttp, uvicorn, granian, lbproxy
+    # lbproxy: PROXY_WORKERS (None: its default, one per CPU); the asyncio peers: processes
+    workers: int | None = None
     features: bool = False  # lbproxy: metrics + access log on
     domains: int = 3  # lbproxy: services in proxy.yaml
     python: bool = False  # needs bench/.venv-peers
@@ -71,6 +97,27 @@ PEERS = {
         Peer("nginx", "nginx (2 workers)", "nginx"),
         Peer("proxypy", "proxy.py (--threaded, 2 acceptors)", "proxypy", python=True),
         Peer("mitmdump", "mitmdump (reverse)", "mitmdump", python=True),
+        Peer(
+            "aiohttp",
+            "aiohttp server + client, uvloop (2 processes)",
+            "aiohttp",
+            ASYNCIO_PROCESSES,
+            python=True,
+        ),
+        Peer(
+            "uvicorn",
+            "uvicorn (uvloop, httptools) + ASGI + aiohttp client (2 workers)",
+            "uvicorn",
+            ASYNCIO_PROCESSES,
+            python=True,
+        ),
+        Peer(
+            "granian",
+            "granian (ASGI) + aiohttp client (2 workers)",
+            "granian",
+            ASYNCIO_PROCESSES,
+            python=True,
+        ),
         Peer("lbproxy", f"lbproxy default ({os.cpu_count()} workers), on", "lbproxy", None, True),
         Peer("lbproxy-1w", "lbproxy 1 worker, on", "lbproxy", 1, True),
         Peer("lbproxy-2w", "lbproxy 2 workers, on", "lbproxy", 2, True),
@@ -130,6 +177,10 @@ def write_bodies(www: Path) -> None:
     www.mkdir(parents=True, exist_ok=True)
     for path, size in BODIES.items():
         (www / path.lstrip("/")).write_bytes(b"x" * size)
+    probe = www / PROBE_PATH.lstrip("/")
+    probe.parent.mkdir(exist_ok=True)
+    probe.parent.chmod(0o755)
+    probe.write_bytes(PROBE_BODY)
 
 
 def _nginx_common(home: Path) -> str:
@@ -174,6 +225,11 @@ def upstream(home: Path, port: int) -> Launch:
     server {{
         listen 127.0.0.1:{port} default_server backlog=4096;
         root {www};
+        location {PROBE_PATH.rsplit("/", 1)[0]}/ {{
+            default_type {PROBE_TYPE};
+            add_header X-Bench-Echo $http_x_bench_probe;
+            add_header X-Bench-Args $args;
+        }}
     }}
 }}
 """
@@ -307,9 +363,56 @@ def launch(peer: Peer, home: Path, port: int, upstream_port: int, extra: dict) -
             "-q",
         ]  # fmt: skip
         return Launch(args, env, signal.SIGINT)
+    if peer.kind in ASYNCIO_KINDS:
+        return asyncio_peer(peer, port, target, env)
     if peer.kind == "lbproxy":
         return lbproxy(peer, home, port, upstream_port, env, extra)
     raise ValueError(f"unknown peer kind {peer.kind}")
+
+
+ASYNCIO_KINDS = ("aiohttp", "uvicorn", "granian")
+
+
+def asyncio_peer(peer: Peer, port: int, target: str, env: dict) -> Launch:
+    """The asyncio peers: bench/plugins/ run from bench/.venv-peers, no access log.
+
+    aiohttp: its own supervisor, one SO_REUSEPORT listener per process (see
+    bench_aiohttp.py for why). uvicorn and granian: their own multi-process
+    mode, in which the master binds one socket that every worker accepts on.
+    uvicorn adds no Server or Date header of its own: the upstream's pass through.
+    """
+    env["PYTHONPATH"] = str(PLUGINS)
+    env["BENCH_UPSTREAM"] = target
+    workers = str(peer.workers or ASYNCIO_PROCESSES)
+    bin_dir = PEERS_VENV / "bin"
+    address = ["--host", "127.0.0.1", "--port", str(port)]
+    if peer.kind == "aiohttp":
+        script = str(PLUGINS / "bench_aiohttp.py")
+        args = [str(bin_dir / "python"), script, *address, "--processes", workers]
+    elif peer.kind == "uvicorn":
+        args = [
+            str(bin_dir / "uvicorn"), *address,
+            "--workers", workers,
+            "--loop", "uvloop",
+            "--http", "httptools",
+            "--backlog", "4096",
+            "--no-access-log", "--no-server-header", "--no-date-header",
+            "--log-level", "warning",
+            "bench_asgi:app",
+        ]  # fmt: skip
+    else:
+        args = [
+            str(bin_dir / "granian"), *address,
+            "--interface", "asgi",
+            "--workers", workers,
+            "--loop", "uvloop",
+            "--http", "1",
+            "--backlog", "4096",
+            "--no-access-log",
+            "--log-level", "warning",
+            "bench_asgi:app",
+        ]  # fmt: skip
+    return Launch(args, env, signal.SIGTERM, cwd=PLUGINS)
 
 
 # A limit the load never reaches: what is measured is the check, not refusals.
@@ -377,6 +480,7 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
     if peer.domains <= 3:
         notes["config"] = config.read_text()
     if peer.features:
+        # On as deployed: the access log to a file, metrics to StatsD (bench/sink.py).
         access_log = home / "access.log"
         variant = {
             "STATSD_HOST": "127.0.0.1",
@@ -386,7 +490,9 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
         variant.update(extra.get("on_env", {}))
         notes["access_log"] = str(access_log)
     else:
-        variant = dict(extra.get("off_env", {}))
+        # Off: no access log at all (its default is stdout), no StatsD host
+        # (proxy.yaml names none and the STATSD_* variables are cleared above).
+        variant = {"PROXY_ACCESS_LOG": "off", **extra.get("off_env", {})}
     env.update(variant)
     notes["variant_env"] = variant
     args = [str(LBPROXY_GUNICORN), "-c", "gunicorn.conf.py"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from bench import tls
 
 MIB = 1024  # the memory figures are in KiB
@@ -19,11 +21,15 @@ NOT_REALISED = " †"  # an "on" variant whose build did not emit metrics or a J
 
 
 def _find(rows, peer, connections, path="/1k"):
-    """The row of peer at connections and path: main first, then any section."""
+    """The row of peer at connections and path: main first, then any section; of a
+    repeated point, the run shown (mark_repeats)."""
     matches = [
         row
         for row in rows
-        if row["peer"] == peer and row["connections"] == connections and row["path"] == path
+        if row["peer"] == peer
+        and row["connections"] == connections
+        and row["path"] == path
+        and row.get("shown", True)
     ]
     matches.sort(key=lambda row: row["section"] != "main")
     return matches[0] if matches else None
@@ -60,8 +66,57 @@ def _baseline(rows, row):
     return _find(rows, "haproxy", row["connections"], row["path"])
 
 
+def _spread(values: list) -> dict | None:
+    values = [value for value in values if value is not None]
+    if not values:
+        return None
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def mark_repeats(rows: list[dict]) -> dict:
+    """Each repeated point's runs: the one with the median req/s is ``shown`` (for an
+    even count, the lower of the middle two), so every figure of its row comes from
+    one run; per peer, each figure's median, min and max and every run's split."""
+    groups: dict = {}
+    for row in rows:
+        if row.get("repeat"):
+            key = (row["peer"], row["section"], row["connections"], row["path"])
+            groups.setdefault(key, []).append(row)
+    out = {}
+    for (peer, _, connections, _), runs in groups.items():
+        runs.sort(key=lambda row: row["repeat"])
+        shown = sorted(runs, key=lambda row: row["rps"])[(len(runs) - 1) // 2]
+        for row in runs:
+            row["shown"] = row is shown
+        out[peer] = {
+            "connections": connections,
+            "runs": len(runs),
+            "shown_repeat": shown["repeat"],
+            "rps": _spread([row["rps"] for row in runs]),
+            "cpu_us_per_req": _spread([row["cpu_us_per_req"] for row in runs]),
+            "p50_us": _spread([row["latency_us"]["p50"] for row in runs]),
+            "p99_us": _spread([row["latency_us"]["p99"] for row in runs]),
+            "errors": sum(row["errors_total"] + row["errors"]["timeout"] for row in runs),
+            "splits": [
+                {
+                    "repeat": row["repeat"],
+                    "requests": (row.get("workers") or {}).get("requests_split"),
+                    "cpu": (row.get("workers") or {}).get("cpu_split"),
+                }
+                for row in runs
+            ],
+        }
+    return out
+
+
 def derive(data: dict) -> None:
     rows = data.get("results", [])
+    data["repeats"] = mark_repeats(rows)
     for row in rows:
         haproxy = _baseline(rows, row)
         row["ratio_haproxy"] = row["rps"] / haproxy["rps"] if haproxy and haproxy["rps"] else None
@@ -247,8 +302,26 @@ def _peer_order(data: dict) -> list[str]:
     return [session["peer"] for session in data.get("sessions", [])]
 
 
+def _split(row: dict) -> str:
+    """The workers' shares of the requests (of the CPU): "50/50 (52/48)"."""
+    workers = row.get("workers")
+    if not workers:
+        return "–"
+    return f"{workers['requests_split']} ({workers['cpu_split']})"
+
+
+def _repeats(data: dict, row: dict) -> str:
+    """A repeated point's runs: how many, req/s min–max, each run's request split."""
+    entry = data.get("repeats", {}).get(row["peer"]) if row.get("repeat") else None
+    if not entry or not entry["rps"]:
+        return ""
+    text = f"{entry['runs']}: {entry['rps']['min']:,.0f}–{entry['rps']['max']:,.0f}"
+    splits = [s["requests"] for s in entry["splits"] if s["requests"]]
+    return text + (f"; {', '.join(splits)}" if splits else "")
+
+
 def main_table(data: dict) -> list[str]:
-    rows = [r for r in data["results"] if r["section"] == "main"]
+    rows = [r for r in data["results"] if r["section"] == "main" and r.get("shown", True)]
     order = _peer_order(data)
     rows.sort(key=lambda r: (r["connections"], order.index(r["peer"])))
     lines = [
@@ -266,6 +339,8 @@ def main_table(data: dict) -> list[str]:
             _num(r["rss_kib"] / MIB, 1),
             _num(r["pss_kib"] / MIB, 1),
             str(r["processes"]),
+            _split(r),
+            _repeats(data, r),
             _num(r["foreign_cpu_pct"]),
         ]
         for r in rows
@@ -273,7 +348,7 @@ def main_table(data: dict) -> list[str]:
     header = [
         "configuration", "conns", "req/s", "vs HAProxy", "p50 ms", "p99 ms", "errors",
         "timeouts", "CPU µs/req", "upstream µs/req", "RSS MiB", "PSS MiB", "procs",
-        "other CPU %",
+        "split req (CPU)", "runs: req/s min–max; splits", "other CPU %",
     ]  # fmt: skip
     return _table(header, lines)
 
@@ -558,6 +633,13 @@ def variants(data: dict) -> list[str]:
                     "format (**the JSON access log is not in this build**)"
                 )
             line += f" → {metrics}; {log}."
+        off = session.get("off_seen")
+        if off is not None:
+            line += (
+                " → no access-log line written, no StatsD host."
+                if not off["access_log_lines"]
+                else f" → **{off['access_log_lines']:,} access-log lines on its output**."
+            )
         if session.get("error"):
             line += f" FAILED to start: {session['error'].splitlines()[0]}"
         out.append(line)
@@ -567,6 +649,32 @@ def variants(data: dict) -> list[str]:
             "realised by this build (see above): its figures are not yet those of lbproxy "
             "with every feature on."
         )
+    return out
+
+
+CHECKED = (
+    "the 1 KiB probe body byte for byte, Content-Length and Content-Type, a request header "
+    "and the query to the upstream and its echo back, the method"
+)
+
+
+def check_lines(data: dict) -> list[str]:
+    """Each proxy's correctness check (harness.check_peer): passed, or what was wrong."""
+    out = []
+    for session in data.get("sessions", []):
+        check = session.get("check")
+        if check is None and not session.get("error"):
+            continue  # no check for this peer (direct, TLS, WebSocket)
+        if check and not check["problems"]:
+            out.append(f"- {session['label']}: passed")
+        elif check:
+            out.append(
+                f"- {session['label']}: **failed, not measured**: {'; '.join(check['problems'])}"
+            )
+        else:
+            out.append(f"- {session['label']}: did not start: {session['error'].splitlines()[0]}")
+    if out:
+        out.append(f"- What is checked: {CHECKED}.")
     return out
 
 
@@ -634,6 +742,10 @@ def markdown(data: dict, brief: bool = False) -> str:
             out += [f"**{session['label']} failed:** `{session['error'].splitlines()[0]}`", ""]
         for text in session.get("case_errors", []):
             out += [f"**{session['label']} case failed:** `{text.splitlines()[0]}`", ""]
+        for again in session.get("repeat_runs", []):
+            if again.get("error"):
+                first = again["error"].splitlines()[0]
+                out += [f"**{session['label']} repeat {again['repeat']} failed:** `{first}`", ""]
     if any(r["section"] == "main" for r in data["results"]) or not data["results"]:
         out += ["## Requests/s, latency, CPU and memory (1 KiB body)", "", *main_table(data), ""]
     if not brief and any(e["p50_1_ms"] is not None for e in data["summary"].values()):
@@ -660,6 +772,7 @@ def markdown(data: dict, brief: bool = False) -> str:
         if not brief:
             out += [*WS_NOTES, ""]
     if not brief:
+        out += ["## Correctness check (before measuring)", "", *check_lines(data), ""]
         out += ["## lbproxy variants", "", *variants(data), ""]
         if data.get("micro"):
             out += ["## Steps of the hot path, in process (µs per call)", ""]

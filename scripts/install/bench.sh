@@ -3,9 +3,11 @@
 # everything is there it only checks, and `apt-get update` runs only when a
 # package is missing.
 #   apt:  wrk (load generator), haproxy and nginx (peers; nginx is also the upstream),
-#         nghttp2-client (h2load: the HTTP/2 load of the tls section)
-#   pip:  proxy.py and mitmproxy, pinned in bench/requirements-peers.txt, into a
-#         venv of their own (bench/.venv-peers, gitignored): they pull in ~40
+#         nghttp2-client (h2load: the HTTP/2 load of the tls section),
+#         iproute2 (ss: which worker holds each client connection)
+#   pip:  proxy.py, mitmproxy and the asyncio peers' aiohttp, uvloop, uvicorn,
+#         httptools and granian, pinned in bench/requirements-peers.txt, into a
+#         venv of their own (bench/.venv-peers, gitignored): they pull in ~50
 #         packages (Flask, cryptography, tornado...) that lbproxy's .venv must not carry.
 # --apt-only: only the apt part (the smoke run needs no Python peers).
 # No service is started: the packages' own nginx/haproxy services stay stopped
@@ -20,6 +22,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install/bench: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -37,7 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in wrk /usr/sbin/haproxy /usr/sbin/nginx h2load; do
+for tool in wrk /usr/sbin/haproxy /usr/sbin/nginx h2load ss; do
     command -v "$tool" >/dev/null || { echo "install/bench: no $tool after install" >&2; exit 1; }
 done
 
@@ -50,12 +53,13 @@ if [ ! -x "$peers/bin/python" ]; then
 fi
 stamp=$peers/.requirements.sha
 want=$(sha256sum < bench/requirements-peers.txt | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$peers/bin/mitmdump" ] \
-        || [ ! -x "$peers/bin/proxy" ]; then
-    echo "install/bench: installing proxy.py and mitmproxy into $peers"
+# The executables bench/peers.py starts: one missing means a broken install.
+tools=(mitmdump proxy uvicorn granian)
+installed() { for tool in "${tools[@]}"; do [ -x "$peers/bin/$tool" ] || return 1; done; }
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! installed; then
+    echo "install/bench: installing the Python peers into $peers"
     "$peers/bin/python" -m pip install -q --disable-pip-version-check \
         -r bench/requirements-peers.txt 2>&1 | grep -v '^WARNING: Location' || true
-    [ -x "$peers/bin/mitmdump" ] && [ -x "$peers/bin/proxy" ] \
-        || { echo "install/bench: proxy.py/mitmproxy did not install" >&2; exit 1; }
+    installed || { echo "install/bench: the Python peers did not install" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi

@@ -7,11 +7,13 @@ is gone. No timing threshold is asserted: the figures depend on the machine.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ ROW_FIELDS = {
     "section", "peer", "label", "connections", "path", "body_bytes", "requests", "rps",
     "mb_per_s", "latency_us", "errors", "errors_total", "cpu_us_per_req",
     "upstream_cpu_us_per_req", "rss_kib", "pss_kib", "rss_kib_peak", "processes",
-    "foreign_cpu_pct", "ratio_haproxy", "tls_case", "tool", "load_command",
+    "foreign_cpu_pct", "ratio_haproxy", "tls_case", "tool", "load_command", "repeat", "workers",
 }  # fmt: skip
 
 
@@ -73,6 +75,19 @@ def test_smoke_has_every_configuration_with_requests_and_fields(smoke):
         assert row["ratio_haproxy"] > 0, key
     assert rows[("haproxy", 100)]["ratio_haproxy"] == 1
     assert rows[("lbproxy-2w", 100)]["processes"] == 3  # master + 2 workers
+    # The split between lbproxy's 2 workers (and nginx's): CPU, client connections, requests.
+    for peer in ("lbproxy-2w", "nginx"):
+        split = rows[(peer, 100)]["workers"]
+        assert len(split["pids"]) == 2 and sum(split["connections"]) == 100, peer
+        assert sum(split["requests"]) == pytest.approx(rows[(peer, 100)]["requests"], rel=0.5)
+        assert split["requests_split"].count("/") == 1 and split["cpu_split"] != "–"
+    assert rows[("haproxy", 100)]["workers"] is None  # one process: nothing to split
+    assert rows[("direct", 100)]["workers"] is None
+    assert all(row["repeat"] is None for row in rows.values())  # the smoke runs each once
+    assert data["upstream"]["check"]["problems"] == []
+    for session in data["sessions"]:
+        if session["peer"] != "direct":
+            assert session["check"]["problems"] == [], session["peer"]
     assert data["summary"]["lbproxy-2w"]["added_p50_ms"] is not None
     assert {t["target"] for t in data["targets"]} >= {text for text, _ in report.TARGETS.values()}
     for key in ("nproc", "cpu_model", "kernel"):
@@ -84,7 +99,8 @@ def test_smoke_lbproxy_variants_are_labelled(smoke):
     sessions = {s["peer"]: s for s in smoke["data"]["sessions"]}
     on, off = sessions["lbproxy-2w"], sessions["lbproxy-2w-off"]
     assert set(on["notes"]["variant_env"]) >= {"STATSD_HOST", "STATSD_PORT", "GUNICORN_CMD_ARGS"}
-    assert off["notes"]["variant_env"] == {}
+    assert off["notes"]["variant_env"] == {"PROXY_ACCESS_LOG": "off"}  # truly off
+    assert off["off_seen"] == {"access_log_lines": 0}
     seen = on["features"]
     assert seen["access_log_lines"] > 0  # gunicorn's --access-logfile works in any build
     assert isinstance(seen["statsd_datagrams"], int)
@@ -147,7 +163,7 @@ def test_full_plan_covers_every_peer_and_scaling_case():
         section = "ratelimit" if peers.PEERS[name].limit else "prometheus"
         assert [(c.section, c.connections) for c in sessions[name]] == [(section, 100)]
     assert ("ratelimit", 100) in [(c.section, c.connections) for c in sessions["lbproxy-2w"]]
-    assert harness.estimate_seconds(options) < 480
+    assert harness.estimate_seconds(options) < 780
 
 
 def test_lbproxy_configs_are_valid_with_3_and_10000_domains():
@@ -509,3 +525,201 @@ def test_report_compares_websocket_with_nginx_and_direct():
     table = "\n".join(report.ws_table(data))
     assert "messages/s" in table.splitlines()[0]
     assert "| ws-lbproxy-2w | 1 | 2,500 | 83.3% | 0.350 | 1.50 | +0.150 / +0.600 |" in table
+
+
+# --- issue 22: the asyncio peers, the correctness check, truly off, splits, repeats ---
+
+
+def test_lbproxy_off_is_off_and_on_logs_to_a_file(tmp_path, monkeypatch):
+    # Whatever the caller's environment says, "off" has no access log and no StatsD.
+    monkeypatch.setenv("STATSD_HOST", "127.0.0.9")
+    monkeypatch.setenv("PROXY_ACCESS_LOG", "-")
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--access-logfile -")
+    extra = {"admin_port": 18081, "statsd_port": 18083, "on_env": {}, "off_env": {}}
+    off = peers.launch(peers.PEERS["lbproxy-2w-off"], tmp_path / "off", 18080, 18082, extra)
+    assert off.env["PROXY_ACCESS_LOG"] == "off"
+    assert not {"STATSD_HOST", "STATSD_PORT", "STATSD_PREFIX", "GUNICORN_CMD_ARGS"} & set(off.env)
+    assert "statsd" not in yaml.safe_load((tmp_path / "off" / "proxy.yaml").read_text())["proxy"]
+    on = peers.launch(peers.PEERS["lbproxy-2w"], tmp_path / "on", 18080, 18082, extra)
+    log = tmp_path / "on" / "access.log"
+    assert on.env["GUNICORN_CMD_ARGS"] == f"--access-logfile {log}"
+    assert (on.env["STATSD_HOST"], on.env["STATSD_PORT"]) == ("127.0.0.1", "18083")
+    assert "PROXY_ACCESS_LOG" not in on.env
+    output = tmp_path / "off.log"
+    output.write_text('[INFO] Booting worker\n{"status": 200, "uri": "/1k"}\n{"other": 1}\n')
+    assert harness.off_seen(output) == {"access_log_lines": 1}
+
+
+def test_asyncio_peer_commands(tmp_path):
+    extra = {"admin_port": 18081, "statsd_port": 18083, "on_env": {}, "off_env": {}}
+    commands = {
+        name: peers.launch(peers.PEERS[name], tmp_path / name, 18080, 18082, extra)
+        for name in harness.ASYNCIO_PEERS
+    }
+    for name, launch in commands.items():
+        assert launch.env["BENCH_UPSTREAM"] == "http://127.0.0.1:18082", name
+        assert launch.env["PYTHONPATH"] == str(peers.PLUGINS), name
+        assert launch.args[0].startswith(str(peers.PEERS_VENV)), name
+        assert peers.PEERS[name].python and harness.expected_processes(peers.PEERS[name]) == 3
+    aiohttp = commands["aiohttp"].args
+    assert aiohttp[1].endswith("bench_aiohttp.py") and aiohttp[-2:] == ["--processes", "2"]
+    uvicorn = commands["uvicorn"].args
+    for option in (["--workers", "2"], ["--loop", "uvloop"], ["--http", "httptools"]):
+        assert " ".join(option) in " ".join(uvicorn)
+    assert "--no-access-log" in uvicorn and uvicorn[-1] == "bench_asgi:app"
+    granian = " ".join(commands["granian"].args)
+    assert "--interface asgi" in granian and "--workers 2" in granian
+    assert granian.endswith("--no-access-log --log-level warning bench_asgi:app")
+
+
+class _ProbeUpstream(http.server.BaseHTTPRequestHandler):
+    """The upstream's probe (peers.upstream's /probe/ location) on a thread; ``lossy``
+    names what it gets wrong, as a faulty proxy would."""
+
+    lossy = ""
+
+    def do_GET(self):
+        body = peers.PROBE_BODY[:-1] + b"?" if self.lossy == "body" else peers.PROBE_BODY
+        self.send_response(200)
+        kind = "application/octet-stream" if self.lossy == "type" else peers.PROBE_TYPE
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        if self.lossy != "header":
+            self.send_header("X-Bench-Echo", self.headers.get("X-Bench-Probe", ""))
+        self.send_header("X-Bench-Args", self.path.partition("?")[2])
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200 if self.lossy == "method" else 405)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("lossy", ["", "body", "type", "header", "method"])
+def test_check_peer_tells_an_intact_proxy_from_a_lossy_one(lossy):
+    handler = type("Handler", (_ProbeUpstream,), {"lossy": lossy})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        check = harness.check_peer(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    if not lossy:
+        assert check["problems"] == [] and check["body_bytes"] == 1024
+        return
+    [problem] = check["problems"]
+    expected = {"body": "not the same bytes", "type": "content-type", "header": "x-bench-echo",
+                "method": "POST status 200"}  # fmt: skip
+    assert expected[lossy] in problem
+    assert harness.check_peer(1)["problems"]  # nothing listening: a problem, not a crash
+
+
+@pytest.mark.slow
+def test_asyncio_peers_start_and_pass_the_check():
+    """Each asyncio peer starts from bench/.venv-peers and passes the correctness check
+    (a few seconds: no load). scripts/test installs the peers (scripts/install/bench.sh)."""
+    tools = [peers.PEERS_VENV / "bin" / tool for tool in ("python", "uvicorn", "granian")]
+    if not all(tool.exists() for tool in tools):
+        pytest.skip("bench/.venv-peers is not installed (scripts/install/bench.sh)")
+    peer_list = ",".join(harness.ASYNCIO_PEERS)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--check", "--no-install", "--peers", peer_list],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for name in harness.ASYNCIO_PEERS:
+        assert f"- {peers.PEERS[name].label}: passed" in done.stdout, name
+
+
+def test_check_mode_plans_every_main_proxy_with_no_case():
+    options = parse_args(["--check"])
+    sessions = harness.plan(options)
+    names = [peer.name for peer, _ in sessions]
+    assert set(harness.ASYNCIO_PEERS) <= set(names) and "haproxy" in names
+    assert "direct" not in names and not any(peer.tls or peer.ws for peer, _ in sessions)
+    assert all(cases == [] for _, cases in sessions) and harness.plan_repeats(options) == []
+
+
+def test_repeats_run_in_rounds_across_the_peers():
+    options = parse_args(["--sections", "main", "--peers", "haproxy,aiohttp,lbproxy-2w"])
+    assert options.repeats == 3 and parse_args(["--smoke"]).repeats == 1
+    first = {peer.name: [c.name for c in cases] for peer, cases in harness.plan(options)}
+    assert first["aiohttp"] == ["main:/1k@1", "main:/1k@100#1", "main:/1k@400"]
+    rounds = harness.plan_repeats(options)
+    assert [[(peer.name, [c.name for c in cases]) for peer, cases in each] for each in rounds] == [
+        [(name, [f"main:/1k@100#{n}"]) for name in ("haproxy", "lbproxy-2w", "aiohttp")]
+        for n in (2, 3)
+    ]  # A, B, C, A, B, C: the sessions' order in every round
+    assert harness.plan_repeats(parse_args(["--smoke"])) == []
+    assert harness.plan_repeats(parse_args(["--connections", "1,400"])) == []
+
+
+def test_report_shows_the_median_run_and_every_split():
+    def split(text):
+        return {"requests_split": text, "cpu_split": text, "pids": [1, 2]}
+
+    data = {
+        "results": [
+            _row("haproxy", 100, 30000, 20.0) | {"repeat": 1},
+            _row("haproxy", 100, 34000, 18.0) | {"repeat": 2},
+            _row("haproxy", 100, 32000, 19.0) | {"repeat": 3},
+            _row("lbproxy-2w", 100, 8000, 150.0) | {"repeat": 1, "workers": split("50/50")},
+            _row("lbproxy-2w", 100, 4000, 190.0) | {"repeat": 2, "workers": split("97/3")},
+            _row("lbproxy-2w", 100, 7000, 160.0) | {"repeat": 3, "workers": split("52/48")},
+            _row("lbproxy-2w", 1, 3000, 170.0) | {"workers": split("100/0")},
+        ],
+        "sessions": [
+            {"peer": "haproxy", "label": "HAProxy", "kind": "haproxy"},
+            {"peer": "lbproxy-2w", "label": "lbproxy", "kind": "lbproxy"},
+        ],
+    }
+    report.derive(data)
+    lbproxy = data["repeats"]["lbproxy-2w"]
+    assert lbproxy["runs"] == 3 and lbproxy["shown_repeat"] == 3
+    assert (lbproxy["rps"]["median"], lbproxy["rps"]["min"], lbproxy["rps"]["max"]) == (
+        7000, 4000, 8000
+    )  # fmt: skip
+    assert lbproxy["cpu_us_per_req"]["median"] == 160.0
+    assert [s["requests"] for s in lbproxy["splits"]] == ["50/50", "97/3", "52/48"]
+    assert data["summary"]["lbproxy-2w"]["rps_100"] == 7000
+    assert data["summary"]["lbproxy-2w"]["ratio_100"] == pytest.approx(7000 / 32000)
+    table = "\n".join(report.main_table(data))
+    assert table.count("| lbproxy | 100 |") == 1 and table.count("| HAProxy | 100 |") == 1
+    assert "| lbproxy | 100 | 7,000 | 21.9% |" in table
+    assert "| 52/48 (52/48) | 3: 4,000–8,000; 50/50, 97/3, 52/48 |" in table
+    assert "| 3: 30,000–34,000 |" in table  # HAProxy: one process, no split
+    assert "| 100/0 (100/0) |  |" in table  # 1 connection: not repeated
+
+
+def test_worker_split_from_ss_and_cpu_ticks():
+    output = (
+        "0 0 127.0.0.1:8080 127.0.0.1:50001 ino:101 sk:1 cgroup:/ <->\n"
+        "\t ts sack cubic bytes_sent:9000 bytes_acked:9000 bytes_received:3000 segs_out:9\n"
+        "0 0 127.0.0.1:8080 127.0.0.1:50002 ino:102 sk:2 cgroup:/ <->\n"
+        "\t ts sack cubic bytes_sent:100 segs_out:1\n"
+        "0 0 127.0.0.1:8080 127.0.0.1:50003 ino:103 sk:3 cgroup:/ <->\n"
+        "\t ts sack cubic bytes_received:1000 segs_out:3\n"
+    )
+    assert harness.parse_ss(output) == {"101": 3000, "102": 0, "103": 1000}
+    ticks = ({11: 100, 12: 100}, {11: 152, 12: 148})
+    sample = {11: (2, 3000), 12: (1, 1000), None: (1, 0)}
+    split = harness.worker_split([11, 12], ticks, sample, 400)
+    assert split["requests"] == [300, 100] and split["requests_split"] == "75/25"
+    assert split["connections"] == [2, 1] and split["unaccepted"] == 1
+    assert split["connections_split"] == "67/33" and split["cpu_split"] == "52/48"
+    assert split["cpu_s"] == [52 / processes.CLOCK_TICKS, 48 / processes.CLOCK_TICKS]
+    no_sample = harness.worker_split([11, 12], ticks, None, 400)
+    assert no_sample["requests_split"] == "–" and no_sample["requests"] is None
+    assert harness.worker_split([], ticks, None, 400) is None
+    assert harness.split_text([0, 0]) == "–" and harness.split_text([1, 1, 2]) == "50/25/25"
+    # A sample read as wrk closes its connections sees none: the fuller one is kept.
+    closing = {11: (0, 0), 12: (0, 0), None: (0, 0)}
+    assert harness.fuller(closing, sample) is sample and harness.fuller(sample, None) is sample
+    assert harness.fuller(dict(sample), sample) is not sample  # equal: the later
