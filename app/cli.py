@@ -6,10 +6,13 @@
     lbproxy --version
 
 ``run`` is gunicorn with lbproxy's settings (app/process/gunicorn_conf.py), in
-this process: options after it go to gunicorn as they are (``--bind`` adds a
-listener, ``--access-logfile`` moves the access log, ...). ``check`` starts
-nothing: exit status 0 when the file is valid, 1 with each problem on a line of
-its own on stderr.
+this process: options after it go to gunicorn as they are (``--workers``,
+``--access-logfile``, ...), except ``--bind``: gunicorn's command line would
+replace every listener of proxy.yaml, the admin one included, so it is refused
+(listeners are ``proxy.listen`` and ``proxy.admin``). gunicorn's binary upgrade
+(USR2) is not supported: it re-executes gunicorn's own command line; upgrade by
+a rolling restart. ``check`` starts nothing: exit status 0 when the file is
+valid, 1 with each problem on a line of its own on stderr.
 """
 
 from __future__ import annotations
@@ -37,11 +40,15 @@ def main(argv: list[str] | None = None, prog: str = "lbproxy") -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if any(option in ("-b", "--bind") or option.startswith("--bind=") for option in rest):
+        parser.error("--bind: the listeners are proxy.yaml's proxy.listen and proxy.admin")
     if args.command == "run":
         return serve(args.config, rest)
     if args.command == "config-reference":
         from app import config_reference
 
+        if not config_reference.OUTPUT.parent.is_dir():
+            parser.error("config-reference rewrites docs/ of a checkout; this is an installed copy")
         print(f"wrote {config_reference.write()}")
         return 0
     return check_file(args.path)

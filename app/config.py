@@ -106,12 +106,30 @@ def _attempt(check: Callable[..., Any], *args: Any) -> Any:
         return FAILED
 
 
+def _passing(items: list, where: str, check: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """``check(item, where[i], *args)`` for every item: {index: value} of those that passed."""
+    checked = {i: _attempt(check, item, f"{where}[{i}]", *args) for i, item in enumerate(items)}
+    return {i: value for i, value in checked.items() if value is not FAILED}
+
+
 def _each(items: list, where: str, check: Callable[..., Any], *args: Any) -> tuple:
     """``check(item, where[i], *args)`` for every item, all of them checked."""
-    checked = tuple(_attempt(check, item, f"{where}[{i}]", *args) for i, item in enumerate(items))
-    if FAILED in checked:
+    passed = _passing(items, where, check, *args)
+    if len(passed) < len(items):
         raise _Reported
-    return checked
+    return tuple(passed.values())
+
+
+def _repeats(values: dict[int, Any]) -> list[tuple[int, int]]:
+    """(index, index of its first place) of every value seen again."""
+    first: dict = {}
+    found = []
+    for index, value in values.items():
+        if value in first:
+            found.append((index, first[value]))
+        else:
+            first[value] = index
+    return found
 
 
 def setting(default: Any, check: Check, doc: str, required: bool = False) -> Any:
@@ -206,7 +224,7 @@ def metric_prefix(value: Any, where: str) -> str:
 def status_list(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ConfigError(where, f"expected a list of 5xx status codes, got {_describe(value)}")
-    return tuple(integer(500, 599)(code, f"{where}[{i}]") for i, code in enumerate(value))
+    return _each(value, where, integer(500, 599))
 
 
 def name(value: Any, where: str) -> str:
@@ -311,21 +329,21 @@ class Certificate:
 
 
 def certificates(value: Any, where: str) -> tuple[Certificate, ...]:
-    items = _list(value, where)
-    checked = []
-    for i, item in enumerate(items):
-        certificate = block(Certificate, item, f"{where}[{i}]")
-        _load_certificate(certificate, f"{where}[{i}]")
-        names = certificate_names(certificate.cert, f"{where}[{i}].cert")
-        if i and not names:
-            raise ConfigError(
-                f"{where}[{i}].cert",
-                "has no DNS name in its SAN, so SNI can never choose it (only the first"
-                " certificate, the default, may have none)",
-            )
-        pem = Path(certificate.cert).read_bytes() + b"\n" + Path(certificate.key).read_bytes()
-        checked.append(dataclasses.replace(certificate, names=names, pem=pem))
-    return tuple(checked)
+    return _each(_list(value, where), where, _certificate)
+
+
+def _certificate(item: Any, where: str) -> Certificate:
+    certificate = block(Certificate, item, where)
+    _load_certificate(certificate, where)
+    names = certificate_names(certificate.cert, f"{where}.cert")
+    if not where.endswith("[0]") and not names:
+        raise ConfigError(
+            f"{where}.cert",
+            "has no DNS name in its SAN, so SNI can never choose it (only the first"
+            " certificate, the default, may have none)",
+        )
+    pem = Path(certificate.cert).read_bytes() + b"\n" + Path(certificate.key).read_bytes()
+    return dataclasses.replace(certificate, names=names, pem=pem)
 
 
 def certificate_names(path: str, where: str) -> tuple[str, ...]:
@@ -779,14 +797,16 @@ class Policy:
 
 
 def hosts(value: Any, where: str) -> tuple[Host, ...]:
-    checked = _each(_list(value, where), where, host_entry)
-    if repeat := _repeated([host.name for host in checked]):
-        index, first = repeat
-        raise ConfigError(
+    items = _list(value, where)
+    passed = _passing(items, where, host_entry)
+    for index, first in _repeats({i: host.name for i, host in passed.items()}):
+        _note(ConfigError(
             f"{where}[{index}]",
-            f"{checked[index].name} is already listed as {where}[{first}] (use weight instead)",
-        )
-    return checked
+            f"{passed[index].name} is already listed as {where}[{first}] (use weight instead)",
+        ))  # fmt: skip
+    if len(passed) < len(items):
+        raise _Reported
+    return tuple(passed.values())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -881,15 +901,16 @@ class Redis:
 def networks(value: Any, where: str) -> tuple:
     if not isinstance(value, list):
         raise ConfigError(where, f"expected a list of CIDRs, got {_describe(value)}")
-    checked = []
-    for i, item in enumerate(value):
-        try:
-            checked.append(ipaddress.ip_network(item, strict=False))
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where}[{i}]", f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}"
-            ) from None
-    return tuple(checked)
+    return _each(value, where, _network)
+
+
+def _network(item: Any, where: str):
+    try:
+        return ipaddress.ip_network(item, strict=False)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            where, f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -967,66 +988,68 @@ def _document(text: str, source: str) -> ProxyConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(where, f"not valid YAML ({problem})") from None
-    before = _recorded()
     root = _mapping(document, "(top level)", required={"proxy"})
-    if _recorded() > before:
-        raise _Reported
+    if "proxy" not in root:
+        raise _Reported  # _mapping recorded it
     return _proxy(root["proxy"], "proxy", source)
 
 
+_PROXY_KEYS = {
+    "listen", "admin", "limits", "defaults", "statsd", "resolver", "redis", "trusted_proxies",
+    "prometheus",
+}  # fmt: skip
+
+
 def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
-    data = _mapping(
-        value,
-        where,
-        required={"services"},
-        optional={
-            "listen",
-            "admin",
-            "limits",
-            "defaults",
-            "statsd",
-            "resolver",
-            "redis",
-            "trusted_proxies",
-            "prometheus",
-        },
-    )
+    data = _mapping(value, where, required={"services"}, optional=_PROXY_KEYS)
     before = _recorded()
     listeners = _attempt(_listeners, data.get("listen"), f"{where}.listen")
     admin = _attempt(block, Admin, data.get("admin"), f"{where}.admin")
     if FAILED not in (listeners, admin):
         _attempt(_ports_apart, admin, listeners, where)
     defaults = _attempt(block, Policy, data.get("defaults"), f"{where}.defaults")
-    services = FAILED  # a missing list is reported by _mapping
-    if defaults is not FAILED and "services" in data:
-        services = _attempt(_services, data.get("services"), f"{where}.services", defaults)
-    limits = _attempt(block, Limits, data.get("limits"), f"{where}.limits")
-    statsd = _attempt(block, Statsd, data.get("statsd"), f"{where}.statsd")
-    resolver = _attempt(block, Resolver, data.get("resolver"), f"{where}.resolver")
-    redis = None
-    if data.get("redis") is not None:
-        redis = _attempt(block, Redis, data["redis"], f"{where}.redis")
+    services = _proxy_services(data, where, defaults)
+    redis = _optional(Redis, data.get("redis"), f"{where}.redis")
     trusted = ()
     if data.get("trusted_proxies") is not None:
         trusted = _attempt(networks, data["trusted_proxies"], f"{where}.trusted_proxies")
-    if redis is None and FAILED not in (services, defaults):
-        _attempt(_global_needs_redis, services, defaults, where)
-    prometheus = _attempt(boolean, data.get("prometheus", True), f"{where}.prometheus")
+    config = ProxyConfig(
+        services=services,
+        listeners=listeners,
+        admin=admin,
+        limits=_attempt(block, Limits, data.get("limits"), f"{where}.limits"),
+        defaults=defaults,
+        statsd=_attempt(block, Statsd, data.get("statsd"), f"{where}.statsd"),
+        source=source,
+        resolver=_attempt(block, Resolver, data.get("resolver"), f"{where}.resolver"),
+        redis=redis,
+        trusted_proxies=trusted,
+        prometheus=_attempt(boolean, data.get("prometheus", True), f"{where}.prometheus"),
+    )
     if _recorded() > before:
         raise _Reported
-    return ProxyConfig(
-        services,
-        listeners,
-        admin,
-        limits,
-        defaults,
-        statsd,
-        source,
-        resolver,
-        redis,
-        trusted,
-        prometheus,
-    )
+    return config
+
+
+def _optional(kind: type, value: Any, where: str):
+    return None if value is None else _attempt(block, kind, value, where)
+
+
+def _proxy_services(data: dict, where: str, defaults: Policy | object) -> tuple | object:
+    """The services, each read even when proxy.defaults failed (against the
+    schema's defaults then), and checked against proxy.redis."""
+    if "services" not in data:
+        return FAILED  # reported by _mapping
+    base = Policy() if defaults is FAILED else defaults
+    items = _attempt(_list, data["services"], f"{where}.services")
+    if items is FAILED:
+        return FAILED
+    passed = _passing(items, f"{where}.services", _service, base)
+    for attribute in ("domain", "name"):
+        _unique(passed, attribute, f"{where}.services")
+    if data.get("redis") is None and defaults is not FAILED:
+        _attempt(_global_needs_redis, tuple(passed.items()), defaults, where)
+    return tuple(passed.values()) if len(passed) == len(items) else FAILED
 
 
 def _ports_apart(admin: Admin, listeners: tuple[Listen, ...], where: str) -> None:
@@ -1036,30 +1059,33 @@ def _ports_apart(admin: Admin, listeners: tuple[Listen, ...], where: str) -> Non
             raise ConfigError(f"{where}.admin.port", f"must differ from {place}.port")
 
 
-def _global_needs_redis(services: tuple[Service, ...], defaults: Policy, where: str) -> None:
+def _global_needs_redis(services: tuple[tuple[int, Service], ...], defaults: Policy, where: str):
     """``scope: global`` shares buckets through ``proxy.redis``: both or neither."""
     places = [(f"{where}.defaults", defaults)] + [
-        (f"{where}.services[{i}]", service) for i, service in enumerate(services)
+        (f"{where}.services[{i}]", service) for i, service in services
     ]
     for place, policy in places:
         if policy.rate_limit is not None and policy.rate_limit.scope == "global":
-            raise ConfigError(
+            _note(ConfigError(
                 f"{place}.rate_limit.scope",
                 f"global needs {where}.redis (its url): the replicas share their buckets there",
-            )
+            ))  # fmt: skip
+            return
 
 
 def _listeners(value: Any, where: str) -> tuple[Listen, ...]:
     """``listen``: one mapping (the original schema), or a list of them."""
     if not isinstance(value, list):
         return (block(Listen, value, where),)
-    listeners = _each(_list(value, where), where, lambda item, place: block(Listen, item, place))
-    if repeat := _repeated([listen.port for listen in listeners]):
-        index, first = repeat
-        raise ConfigError(
-            f"{where}[{index}].port", f"{listeners[index].port} is already used by {where}[{first}]"
-        )
-    return listeners
+    items = _list(value, where)
+    passed = _passing(items, where, lambda item, place: block(Listen, item, place))
+    for index, first in _repeats({i: listen.port for i, listen in passed.items()}):
+        _note(ConfigError(
+            f"{where}[{index}].port", f"{passed[index].port} is already used by {where}[{first}]"
+        ))  # fmt: skip
+    if len(passed) < len(items):
+        raise _Reported
+    return tuple(passed.values())
 
 
 def block(kind: type, value: Any, where: str, inherited: Any = None):
@@ -1088,13 +1114,6 @@ def block(kind: type, value: Any, where: str, inherited: Any = None):
     if _recorded() > before:
         raise _Reported  # the problems are recorded; the block is not built
     return kind(**values)
-
-
-def _services(value: Any, where: str, defaults: Policy) -> tuple[Service, ...]:
-    services = _each(_list(value, where), where, _service, defaults)
-    _unique(services, "domain", where)
-    _unique(services, "name", where)
-    return services
 
 
 def _service(value: Any, where: str, defaults: Policy) -> Service:
@@ -1132,21 +1151,8 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
-def _unique(services: tuple[Service, ...], attribute: str, where: str) -> None:
-    values = [getattr(service, attribute) for service in services]
-    if repeat := _repeated(values):
-        index, first = repeat
-        raise ConfigError(
-            f"{where}[{index}].{attribute}",
-            f"'{values[index]}' is already used by {where}[{first}]",
-        )
-
-
-def _repeated(values: list) -> tuple[int, int] | None:
-    """(index, index of its first place) of the first value seen twice, or None."""
-    seen: dict = {}
-    for index, value in enumerate(values):
-        if value in seen:
-            return index, seen[value]
-        seen[value] = index
-    return None
+def _unique(services: dict[int, Service], attribute: str, where: str) -> None:
+    values = {i: getattr(service, attribute) for i, service in services.items()}
+    for index, first in _repeats(values):
+        place = f"{where}[{index}].{attribute}"
+        _note(ConfigError(place, f"'{values[index]}' is already used by {where}[{first}]"))

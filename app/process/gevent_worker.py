@@ -116,15 +116,17 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
 
         # Stop accepting now rather than at gunicorn's next 1 s tick: new
         # connections (and tunnels) go to the workers that stay.
-        for server in self.servers:
+        # A SIGTERM may come while the worker is still booting: no app yet, no servers.
+        app = getattr(self, "wsgi", None)
+        for server in self.servers if app is not None else ():
             gevent.spawn(server.close)
-        if self.fairness is not None:
+        if app is not None and self.fairness is not None:
             self.fairness.leave()
-        close_tunnels = getattr(self.wsgi, "close_tunnels", None)
+        close_tunnels = getattr(app, "close_tunnels", None)
         if close_tunnels is not None:
             gevent.spawn(close_tunnels)
         # The pod's health checks pass to a worker that stays (app/traffic/shared.py).
-        stop_probing = getattr(self.wsgi, "stop_probing", None)
+        stop_probing = getattr(app, "stop_probing", None)
         if stop_probing is not None:
             gevent.spawn(stop_probing)
         super().handle_exit(sig, frame)

@@ -8,7 +8,8 @@ validates proxy.yaml first (see app/process/master.py): an invalid file stops th
 with the reason, and on reload keeps the running config.
 
 Environment (app/process/settings.py):
-  PROXY_CONFIG              path of proxy.yaml (default: proxy.yaml in the repo root)
+  PROXY_CONFIG              path of proxy.yaml (default: the repo root's in a
+                            checkout, else ./proxy.yaml)
   PROXY_WORKERS             worker processes (default: one per CPU)
   PROXY_WORKER_CONNECTIONS  requests one worker holds at once (default 1000); also
                             the depth of each upstream's connection pool
@@ -62,10 +63,6 @@ def on_starting(server):
     master.start_prometheus()
 
 
-def when_ready(server):
-    master.set_title("master")
-
-
 def post_fork(server, worker):
     master.set_title("worker")
 
@@ -75,7 +72,8 @@ def on_exit(server):
 
 
 def pre_fork(server, worker):
-    # Also after a reload, where gunicorn has just retitled the master its way.
+    # gunicorn titles the master its way right before it forks the workers, at
+    # start and on every reload: this comes after that.
     master.set_title("master")
     master.assign_column(worker)
 

@@ -64,9 +64,16 @@ class Health:
         return [host for host in self.service.hosts if host not in out]
 
     def failing(self, host: Host) -> bool:
-        """Failed ``consecutive_failures`` times in a row and still failing: a host
-        max_ejected_percent keeps in rotation (a lone one, say) though it is down."""
-        return self.states[host].failures >= self.policy.consecutive_failures
+        """Failed ``consecutive_failures`` times in a row, the last within
+        ``base_ejection``: a host max_ejected_percent keeps in rotation (a lone
+        one, say) though it is down. It stops failing on a success, or once that
+        time has passed with no new failure, as an ejection ends: a pod that it
+        left unready gets no request whose success could clear it."""
+        state = self.states[host]
+        return (
+            state.failures >= self.policy.consecutive_failures
+            and self.clock() - state.failed_at < self.policy.base_ejection
+        )
 
     def usable(self) -> list[Host]:
         """The hosts readiness counts on: in rotation and not failing."""
@@ -85,6 +92,7 @@ class Health:
         state = self.states[host]
         state.failures += 1
         now = self.clock()
+        state.failed_at = now
         if state.failures < self.policy.consecutive_failures or state.ejected_until > now:
             return False
         ejected = sum(1 for s in self.states.values() if s.ejected_until > now)

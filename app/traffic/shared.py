@@ -61,7 +61,7 @@ log = logging.getLogger("gunicorn.error")
 
 POD_WORDS = 4
 SERVICE_WORDS = 2  # generation, round-robin counter
-HOST_TIMES = 2  # ejected_until, returned_at
+HOST_TIMES = 3  # ejected_until, returned_at, failed_at
 HOST_COUNTS = 4  # failures, ejections, active_down, active_streak
 PROBER_PID = 0  # index in the pod words
 # A DNS name's record (app/traffic/discovery.py): its addresses, as JSON, behind a
@@ -210,8 +210,8 @@ class SharedArea:
     def zero_host(self, slot: int, in_flight: bool = False) -> None:
         """Forget a host slot's health (and its in-flight words, when no worker can
         still be counting on them)."""
-        self.host_times[slot * HOST_TIMES : (slot + 1) * HOST_TIMES] = _zeros("d", 2)
-        self.host_counts[slot * HOST_COUNTS : (slot + 1) * HOST_COUNTS] = _zeros("i", 4)
+        self.host_times[slot * HOST_TIMES : (slot + 1) * HOST_TIMES] = _zeros("d", HOST_TIMES)
+        self.host_counts[slot * HOST_COUNTS : (slot + 1) * HOST_COUNTS] = _zeros("i", HOST_COUNTS)
         if in_flight:
             w, row = self.capacity.columns, self.capacity.services + slot
             self.in_flight[row * w : (row + 1) * w] = _zeros("i", w)
@@ -475,6 +475,10 @@ class HostState:
     returned_at = property(
         lambda self: self._times[self._time_word + 1],
         lambda self, value: self._times.__setitem__(self._time_word + 1, value),
+    )
+    failed_at = property(
+        lambda self: self._times[self._time_word + 2],
+        lambda self, value: self._times.__setitem__(self._time_word + 2, value),
     )
     failures = property(
         lambda self: self._counts[self._count_word],

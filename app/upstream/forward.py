@@ -15,8 +15,6 @@ import re
 import time
 from dataclasses import dataclass
 
-from gevent.socket import wait_read
-
 from app.config import Host, Timeout
 from app.errors import (
     BadRequest,
@@ -257,33 +255,36 @@ def request_head(
 
 
 def _wait_for_response(connection: UpstreamConnection, client) -> None:
-    """Wait for the upstream's first byte; give up if the client leaves meanwhile.
+    """Receive the upstream's first bytes; give up if the client leaves meanwhile.
 
     A client that disconnects must not hold an upstream connection (and a
     slot of the upstream) until the read timeout: every CLIENT_CHECK_INTERVAL
-    the client socket is checked for end-of-file.
+    the client socket is checked for end-of-file. The wait is the upstream
+    socket's own recv, on the watcher gevent keeps for it: a wait_read() would
+    register a new watcher each time (an epoll_ctl and an fcntl per request).
+    What arrives is left in the stream for the head reader; end-of-file leaves
+    it empty, and the reader's own recv finds the end again.
     """
-    if client is None:
-        return
     upstream = connection.sock
     limit = connection.read_timeout
     if connection.deadline is not None:
         limit = min(limit, connection.deadline - time.monotonic())
     deadline = time.monotonic() + limit
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no response within the read timeout")
-        try:
-            wait_read(upstream.fileno(), min(remaining, CLIENT_CHECK_INTERVAL), _StillWaiting)
-            return
-        except _StillWaiting:
-            if _client_gone(client):
-                raise ClientAbort("the client closed its connection while waiting") from None
-
-
-class _StillWaiting(Exception):
-    """No upstream byte yet (an internal signal of _wait_for_response)."""
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no response within the read timeout")
+            check = client is not None and remaining > CLIENT_CHECK_INTERVAL
+            upstream.settimeout(CLIENT_CHECK_INTERVAL if check else remaining)
+            try:
+                connection.stream.pending = upstream.recv(RECV_SIZE)
+                return
+            except TimeoutError:
+                if check and _client_gone(client):
+                    raise ClientAbort("the client closed its connection while waiting") from None
+    finally:
+        upstream.settimeout(connection.read_timeout)
 
 
 def _client_gone(client) -> bool:

@@ -155,3 +155,21 @@ def test_lbproxy_run_serves_from_any_directory_titled_and_reloads(installed, tmp
     finally:
         proxy.stop()
         mock.stop()
+
+
+@pytest.mark.parametrize("option", [["--bind", "127.0.0.1:1"], ["-b", "127.0.0.1:1"], ["--bind=x"]])
+def test_run_refuses_bind_which_would_replace_the_configs_listeners(option, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["run", *option])
+    assert done.value.code == 2
+    assert "proxy.listen and proxy.admin" in capsys.readouterr().err
+
+
+def test_config_reference_only_rewrites_a_checkouts_docs(installed, tmp_path):
+    answer = subprocess.run(
+        [str(installed / "lbproxy"), "config-reference"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert answer.returncode == 2 and "installed copy" in answer.stderr

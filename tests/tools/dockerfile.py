@@ -84,6 +84,9 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
         pattern = raw.lstrip("!").strip("/")
         regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
         regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        # Character classes, as Go's filepath.Match has them: [abc], [a-z], [!abc].
+        regex = regex.replace(r"\[!", "[^").replace(r"\[", "[").replace(r"\]", "]")
+        regex = regex.replace(r"\-", "-")
         if any(re.fullmatch(regex, candidate) for candidate in candidates):
             ignored = not negate
     return ignored

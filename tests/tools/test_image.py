@@ -87,6 +87,12 @@ class Builder:
         stage = self.stages[name]
         root = self.home / name / "root"
         if stage.base in self.stages:
+            # One venv per chain of stages: a sibling's pip install would leak into it.
+            siblings = [other for other in self.stages.values() if other.base == stage.base]
+            installs = any(step == "RUN" and "pip" in a for step, a in stage.steps)
+            assert not (installs and len(siblings) > 1), (
+                f"stage {name}: RUN pip in one of several stages FROM {stage.base} (not replayed)"
+            )
             parent = self.build(stage.base)
             shutil.copytree(parent.root, root, symlinks=True)
             image = Assembled(stage, root, parent.python, dict(parent.env), parent.workdir,

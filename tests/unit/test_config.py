@@ -389,3 +389,57 @@ def test_a_block_read_on_its_own_raises_its_first_problem():
     with pytest.raises(ConfigError, match=r"^x\.colour: unknown key") as caught:
         block(Admin, {"port": "no", "colour": 1}, "x")
     assert type(caught.value) is ConfigError
+
+
+def wheres(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    return [problem.where for problem in problems(caught.value)]
+
+
+def test_services_are_read_even_when_the_defaults_failed():
+    assert wheres("""
+proxy:
+  defaults: {strategy: nope}
+  services:
+    - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 0}]}
+""") == ["proxy.defaults.strategy", "proxy.services[0].hosts[0].port"]
+
+
+def test_comparisons_run_over_the_parts_that_passed():
+    hosts = "[{address: 127.0.0.1, port: 1}, {address: 127.0.0.1, port: 1}, {address: h, port: 0}]"
+    assert wheres(f"""
+proxy:
+  services:
+    - {{name: a, domain: a.test, hosts: [{{address: 127.0.0.1, port: 1}}]}}
+    - {{name: a, domain: a.test, hosts: [{{address: 127.0.0.1, port: 2}}], rate_limit: {{rate: 1, scope: global}}}}
+    - {{name: c, domain: c.test, hosts: {hosts}}}
+""") == [
+        "proxy.services[2].hosts[2].port",
+        "proxy.services[2].hosts[1]",  # a duplicate of hosts[0], both valid
+        "proxy.services[1].domain",
+        "proxy.services[1].name",
+        "proxy.services[1].rate_limit.scope",
+    ]
+
+
+def test_an_unknown_top_level_key_does_not_hide_the_proxy_block():
+    assert wheres("prox: 1\nproxy: {services: []}\n") == ["(top level).prox", "proxy.services"]
+
+
+def test_every_bad_item_of_a_list_is_named():
+    text = """
+proxy:
+  trusted_proxies: [x, 10.0.0.0/8, y]
+  listen: [{port: 0}, {port: 8080}, {port: 8080}]
+  services:
+    - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}], retry: {on_status: [200, 503, 404]}}
+"""
+    assert wheres(text) == [
+        "proxy.listen[0].port",
+        "proxy.listen[2].port",
+        "proxy.services[0].retry.on_status[0]",
+        "proxy.services[0].retry.on_status[2]",
+        "proxy.trusted_proxies[0]",
+        "proxy.trusted_proxies[2]",
+    ]

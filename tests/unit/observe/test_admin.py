@@ -95,6 +95,21 @@ def test_a_lone_host_failing_in_a_row_is_not_usable_though_never_ejected():
     assert get("/readyz") == b"ready\n" and statuses[-1] == "200 OK"
 
 
+def test_a_failing_host_is_usable_again_after_base_ejection_without_traffic():
+    """An unready pod gets no request whose success would clear the failures: the
+    failing state ends base_ejection after the last failure, as an ejection does."""
+    router, get, statuses = admin_of(CHECKED, require=True)
+    route = router.route("y.test")
+    host = route.service.hosts[0]
+    now = [1000.0]
+    route.health.clock = lambda: now[0]
+    for _ in range(route.service.outlier.consecutive_failures):
+        route.health.record_failure(host)
+    assert get("/readyz").startswith(b"no usable host for: y")
+    now[0] += route.service.outlier.base_ejection
+    assert get("/readyz") == b"ready\n" and statuses[-1] == "200 OK"
+
+
 def test_by_default_readiness_names_the_service_but_stays_200():
     router, get, statuses = admin_of(CHECKED, require=False)
     route = router.route("x.test")
