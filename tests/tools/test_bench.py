@@ -247,6 +247,42 @@ def test_report_marks_targets_met_and_not_met():
     assert status[texts["rss"]] is True
     assert status[texts["errors_400"]] is False
     assert data["summary"]["lbproxy-2w"]["added_p50_ms"] == pytest.approx(0.25)
+    assert data["targets_22"] == []  # no asyncio peer in this run
+
+
+TARGET = "lbproxy-2w"
+
+
+def test_report_marks_issue_22s_targets_against_the_best_asyncio_peer():
+    def row(peer, conns, rps, cpu=70.0, rss=85 * 1024, requests=None):
+        return {
+            "section": "main", "peer": peer, "label": peer, "connections": conns,
+            "path": "/1k", "rps": rps, "latency_us": {"p50": 1000, "p99": 3000},
+            "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+            "errors_total": 0, "cpu_us_per_req": cpu, "upstream_cpu_us_per_req": 10.0,
+            "rss_kib": rss, "pss_kib": rss // 2, "processes": 3, "foreign_cpu_pct": 0.0,
+            "mb_per_s": 1.0, "workers": {"requests": requests} if requests else None,
+        }  # fmt: skip
+
+    data = {
+        "results": [
+            row("aiohttp", 1, 3000), row("aiohttp", 100, 15000), row("aiohttp", 400, 14000),
+            row("granian", 100, 12000),
+            row("lbproxy-2w", 1, 3500, requests=[10, 0]),
+            row("lbproxy-2w", 100, 20000, requests=[55, 45]),
+            row("lbproxy-2w", 400, 13000, cpu=80.0, rss=95 * 1024, requests=[65, 35]),
+        ],
+        "sessions": [{"peer": n, "label": n, "kind": n} for n in ("aiohttp", "granian", TARGET)],
+    }  # fmt: skip
+    report.derive(data)
+    status = {t["target"]: t["met"] for t in data["targets_22"]}
+    assert status["≥ 1.3× the best asyncio peer's req/s at 100 connections"] is True  # 1.33×
+    assert status["≥ 1.0× the best asyncio peer's req/s at 1 connections"] is True
+    assert status["≥ 1.0× the best asyncio peer's req/s at 400 connections"] is False
+    assert status["≤ 75 µs CPU per request at 100 connections"] is True
+    assert status["workers split within 60/40 at 100 and 400 connections, every run"] is False
+    assert status["≤ 90 MiB RSS, master + 2 workers"] is False  # 95 at 400 connections
+    assert len(report.targets_table(data, "targets_22")) == 2 + 6  # a header, a rule, 6 rows
 
 
 # --- the tls section ------------------------------------------------------------
