@@ -275,13 +275,13 @@ def _wait_for_response(connection: UpstreamConnection, client) -> None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("no response within the read timeout")
-            check = client is not None and remaining > CLIENT_CHECK_INTERVAL
-            upstream.settimeout(CLIENT_CHECK_INTERVAL if check else remaining)
+            upstream.settimeout(min(remaining, CLIENT_CHECK_INTERVAL))
             try:
                 connection.stream.pending = upstream.recv(RECV_SIZE)
                 return
             except TimeoutError:
-                if check and _client_gone(client):
+                # A client that left is told apart from a slow upstream, even at the end.
+                if client is not None and _client_gone(client):
                     raise ClientAbort("the client closed its connection while waiting") from None
     finally:
         upstream.settimeout(connection.read_timeout)
