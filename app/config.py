@@ -905,6 +905,8 @@ def networks(value: Any, where: str) -> tuple:
 
 
 def _network(item: Any, where: str):
+    if not isinstance(item, str):  # ip_network(10) would be 0.0.0.10/32
+        raise ConfigError(where, f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}")
     try:
         return ipaddress.ip_network(item, strict=False)
     except (TypeError, ValueError):
@@ -1003,10 +1005,8 @@ _PROXY_KEYS = {
 def _proxy(value: Any, where: str, source: str) -> ProxyConfig:
     data = _mapping(value, where, required={"services"}, optional=_PROXY_KEYS)
     before = _recorded()
-    listeners = _attempt(_listeners, data.get("listen"), f"{where}.listen")
     admin = _attempt(block, Admin, data.get("admin"), f"{where}.admin")
-    if FAILED not in (listeners, admin):
-        _attempt(_ports_apart, admin, listeners, where)
+    listeners = _attempt(_listeners, data.get("listen"), f"{where}.listen", admin)
     defaults = _attempt(block, Policy, data.get("defaults"), f"{where}.defaults")
     services = _proxy_services(data, where, defaults)
     redis = _optional(Redis, data.get("redis"), f"{where}.redis")
@@ -1047,23 +1047,27 @@ def _proxy_services(data: dict, where: str, defaults: Policy | object) -> tuple 
     passed = _passing(items, f"{where}.services", _service, base)
     for attribute in ("domain", "name"):
         _unique(passed, attribute, f"{where}.services")
-    if data.get("redis") is None and defaults is not FAILED:
-        _attempt(_global_needs_redis, tuple(passed.items()), defaults, where)
+    if data.get("redis") is None:
+        known = None if defaults is FAILED else defaults  # a failed one is reported already
+        _attempt(_global_needs_redis, tuple(passed.items()), known, where)
     return tuple(passed.values()) if len(passed) == len(items) else FAILED
 
 
-def _ports_apart(admin: Admin, listeners: tuple[Listen, ...], where: str) -> None:
-    for index, listen in enumerate(listeners):
+def _ports_apart(admin: Admin, listeners: dict[int, Listen], where: str, single: bool) -> None:
+    """The admin port is none of the listeners' (those that passed their checks)."""
+    proxy = where.rsplit(".", 1)[0]
+    for index, listen in listeners.items():
         if admin.port == listen.port:
-            place = f"{where}.listen" if len(listeners) == 1 else f"{where}.listen[{index}]"
-            raise ConfigError(f"{where}.admin.port", f"must differ from {place}.port")
+            place = where if single else f"{where}[{index}]"
+            _note(ConfigError(f"{proxy}.admin.port", f"must differ from {place}.port"))
 
 
-def _global_needs_redis(services: tuple[tuple[int, Service], ...], defaults: Policy, where: str):
+def _global_needs_redis(
+    services: tuple[tuple[int, Service], ...], defaults: Policy | None, where: str
+) -> None:
     """``scope: global`` shares buckets through ``proxy.redis``: both or neither."""
-    places = [(f"{where}.defaults", defaults)] + [
-        (f"{where}.services[{i}]", service) for i, service in services
-    ]
+    places = [(f"{where}.defaults", defaults)] if defaults is not None else []
+    places += [(f"{where}.services[{i}]", service) for i, service in services]
     for place, policy in places:
         if policy.rate_limit is not None and policy.rate_limit.scope == "global":
             _note(ConfigError(
@@ -1073,16 +1077,24 @@ def _global_needs_redis(services: tuple[tuple[int, Service], ...], defaults: Pol
             return
 
 
-def _listeners(value: Any, where: str) -> tuple[Listen, ...]:
-    """``listen``: one mapping (the original schema), or a list of them."""
-    if not isinstance(value, list):
-        return (block(Listen, value, where),)
-    items = _list(value, where)
-    passed = _passing(items, where, lambda item, place: block(Listen, item, place))
+def _listeners(value: Any, where: str, admin: Admin | object = FAILED) -> tuple[Listen, ...]:
+    """``listen``: one mapping (the original schema), or a list of them; none may
+    take the admin port."""
+    single = not isinstance(value, list)
+    if single:  # its problems are named without an index
+        items = [value]
+        passed = (
+            {0: listen} if (listen := _attempt(block, Listen, value, where)) is not FAILED else {}
+        )
+    else:
+        items = _list(value, where)
+        passed = _passing(items, where, lambda item, place: block(Listen, item, place))
     for index, first in _repeats({i: listen.port for i, listen in passed.items()}):
         _note(ConfigError(
             f"{where}[{index}].port", f"{passed[index].port} is already used by {where}[{first}]"
         ))  # fmt: skip
+    if admin is not FAILED:
+        _ports_apart(admin, passed, where, single)
     if len(passed) < len(items):
         raise _Reported
     return tuple(passed.values())

@@ -274,7 +274,7 @@ def _wait_for_response(connection: UpstreamConnection, client) -> None:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("no response within the read timeout")
+                raise TimeoutError("no response within timeout.read (or timeout.response)")
             upstream.settimeout(min(remaining, CLIENT_CHECK_INTERVAL))
             try:
                 connection.stream.pending = upstream.recv(RECV_SIZE)

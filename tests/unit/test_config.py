@@ -338,8 +338,8 @@ def test_a_file_is_read_to_its_end_and_every_problem_reported():
     with pytest.raises(ConfigErrors) as caught:
         parse_config(EIGHT_PROBLEMS)
     assert [problem.where for problem in caught.value.errors] == [
-        "proxy.listen.port",
         "proxy.admin.colour",
+        "proxy.listen.port",
         "proxy.services[0].hosts[0].port",
         "proxy.services[0].hosts[1].address",
         "proxy.services[1].domian",
@@ -347,7 +347,7 @@ def test_a_file_is_read_to_its_end_and_every_problem_reported():
         "proxy.services[1].strategy",
         "proxy.statsd.interval",
     ]
-    assert str(caught.value).splitlines()[0] == (
+    assert str(caught.value).splitlines()[1] == (
         "proxy.listen.port: expected an integer 1-65535, got 80800"
     )
     assert problems(caught.value) == caught.value.errors
@@ -379,8 +379,8 @@ proxy:
     with pytest.raises(ConfigErrors) as caught:
         parse_config(text)
     assert [problem.where for problem in caught.value.errors] == [
-        "proxy.listen.port",
         "proxy.admin.port",
+        "proxy.listen.port",
         "proxy.services[0].hosts[0].port",
     ]
 
@@ -443,3 +443,35 @@ proxy:
         "proxy.trusted_proxies[0]",
         "proxy.trusted_proxies[2]",
     ]
+
+
+def test_the_admin_port_is_compared_with_the_listeners_that_passed():
+    assert wheres("""
+proxy:
+  admin: {port: 8080}
+  listen: [{port: 8080}, {port: 0}]
+  services: [{name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}]
+""") == ["proxy.listen[1].port", "proxy.admin.port"]
+    assert wheres("""
+proxy:
+  admin: {port: 8080}
+  listen: {port: 8080}
+  services: [{name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}]
+""") == ["proxy.admin.port"]
+
+
+def test_a_services_global_limit_needs_redis_even_when_the_defaults_failed():
+    assert wheres("""
+proxy:
+  defaults: {strategy: nope}
+  services:
+    - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}], rate_limit: {rate: 1, scope: global}}
+""") == ["proxy.defaults.strategy", "proxy.services[0].rate_limit.scope"]
+
+
+def test_trusted_proxies_are_strings_not_numbers():
+    assert wheres("""
+proxy:
+  trusted_proxies: [10, true, 10.0.0.0/8]
+  services: [{name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}]
+""") == ["proxy.trusted_proxies[0]", "proxy.trusted_proxies[1]"]
