@@ -14,6 +14,7 @@ come from ``proxy.defaults``, key by key.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import difflib
@@ -112,12 +113,16 @@ def _passing(items: list, where: str, check: Callable[..., Any], *args: Any) -> 
     return {i: value for i, value in checked.items() if value is not FAILED}
 
 
-def _each(items: list, where: str, check: Callable[..., Any], *args: Any) -> tuple:
-    """``check(item, where[i], *args)`` for every item, all of them checked."""
-    passed = _passing(items, where, check, *args)
+def _complete(passed: dict[int, Any], items: list) -> tuple:
+    """The items' values when every one passed; else their parent has failed too."""
     if len(passed) < len(items):
         raise _Reported
     return tuple(passed.values())
+
+
+def _each(items: list, where: str, check: Callable[..., Any], *args: Any) -> tuple:
+    """``check(item, where[i], *args)`` for every item, all of them checked."""
+    return _complete(_passing(items, where, check, *args), items)
 
 
 def _repeats(values: dict[int, Any]) -> list[tuple[int, int]]:
@@ -329,19 +334,22 @@ class Certificate:
 
 
 def certificates(value: Any, where: str) -> tuple[Certificate, ...]:
-    return _each(_list(value, where), where, _certificate)
+    items = _list(value, where)
+    passed = _passing(items, where, _certificate)
+    for index, certificate in passed.items():
+        if index and not certificate.names:
+            _note(ConfigError(
+                f"{where}[{index}].cert",
+                "has no DNS name in its SAN, so SNI can never choose it (only the first"
+                " certificate, the default, may have none)",
+            ))  # fmt: skip
+    return _complete(passed, items)
 
 
 def _certificate(item: Any, where: str) -> Certificate:
     certificate = block(Certificate, item, where)
     _load_certificate(certificate, where)
     names = certificate_names(certificate.cert, f"{where}.cert")
-    if not where.endswith("[0]") and not names:
-        raise ConfigError(
-            f"{where}.cert",
-            "has no DNS name in its SAN, so SNI can never choose it (only the first"
-            " certificate, the default, may have none)",
-        )
     pem = Path(certificate.cert).read_bytes() + b"\n" + Path(certificate.key).read_bytes()
     return dataclasses.replace(certificate, names=names, pem=pem)
 
@@ -804,9 +812,7 @@ def hosts(value: Any, where: str) -> tuple[Host, ...]:
             f"{where}[{index}]",
             f"{passed[index].name} is already listed as {where}[{first}] (use weight instead)",
         ))  # fmt: skip
-    if len(passed) < len(items):
-        raise _Reported
-    return tuple(passed.values())
+    return _complete(passed, items)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -905,14 +911,10 @@ def networks(value: Any, where: str) -> tuple:
 
 
 def _network(item: Any, where: str):
-    if not isinstance(item, str):  # ip_network(10) would be 0.0.0.10/32
-        raise ConfigError(where, f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}")
-    try:
-        return ipaddress.ip_network(item, strict=False)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            where, f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}"
-        ) from None
+    with contextlib.suppress(ValueError):
+        if isinstance(item, str):  # ip_network(10) would be 0.0.0.10/32
+            return ipaddress.ip_network(item, strict=False)
+    raise ConfigError(where, f"expected a CIDR such as 10.0.0.0/8, got {_describe(item)}")
 
 
 @dataclass(frozen=True)
@@ -1050,7 +1052,7 @@ def _proxy_services(data: dict, where: str, defaults: Policy | object) -> tuple 
     if data.get("redis") is None:
         known = None if defaults is FAILED else defaults  # a failed one is reported already
         _attempt(_global_needs_redis, tuple(passed.items()), known, where)
-    return tuple(passed.values()) if len(passed) == len(items) else FAILED
+    return _attempt(_complete, passed, items)  # FAILED when one did not pass
 
 
 def _ports_apart(admin: Admin, listeners: dict[int, Listen], where: str, single: bool) -> None:
@@ -1083,9 +1085,8 @@ def _listeners(value: Any, where: str, admin: Admin | object = FAILED) -> tuple[
     single = not isinstance(value, list)
     if single:  # its problems are named without an index
         items = [value]
-        passed = (
-            {0: listen} if (listen := _attempt(block, Listen, value, where)) is not FAILED else {}
-        )
+        listen = _attempt(block, Listen, value, where)
+        passed = {} if listen is FAILED else {0: listen}
     else:
         items = _list(value, where)
         passed = _passing(items, where, lambda item, place: block(Listen, item, place))
@@ -1095,9 +1096,7 @@ def _listeners(value: Any, where: str, admin: Admin | object = FAILED) -> tuple[
         ))  # fmt: skip
     if admin is not FAILED:
         _ports_apart(admin, passed, where, single)
-    if len(passed) < len(items):
-        raise _Reported
-    return tuple(passed.values())
+    return _complete(passed, items)
 
 
 def block(kind: type, value: Any, where: str, inherited: Any = None):

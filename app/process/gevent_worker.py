@@ -121,6 +121,8 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
         for server in self.servers if app is not None else ():
             gevent.spawn(server.close)
         if app is not None and self.fairness is not None:
+            # Now, not when the spawned closes run: an accept still in gevent's
+            # batch must not count this worker in again.
             self.fairness.leave()
         close_tunnels = getattr(app, "close_tunnels", None)
         if close_tunnels is not None:

@@ -63,10 +63,6 @@ def on_starting(server):
     master.start_prometheus()
 
 
-def post_fork(server, worker):
-    master.set_title("worker")
-
-
 def on_exit(server):
     master.stop_prometheus()
 
@@ -76,6 +72,10 @@ def pre_fork(server, worker):
     # start and on every reload: this comes after that.
     master.set_title("master")
     master.assign_column(worker)
+
+
+def post_fork(server, worker):
+    master.set_title("worker")
 
 
 def child_exit(server, worker):
