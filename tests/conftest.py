@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests.processes import Proxy, StatsdDaemon, free_port, start_mock, write_config
@@ -11,6 +14,15 @@ FAILOVER = "failover.test"
 DEAD = "dead.test"
 SLOW = "slow.test"
 COUNTED = "counted.test"
+
+
+@pytest.fixture(scope="module")
+def directory(request):
+    """A directory for one test module's configs and servers' files, straight under
+    the temp dir: dnsmasq, as nobody, re-reads its hosts file there (pytest's own
+    directories sit in a root-only parent)."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    return Path(tempfile.mkdtemp(prefix=f"lbproxy-{module}-"))
 
 
 @pytest.fixture(scope="module")

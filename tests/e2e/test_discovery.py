@@ -4,10 +4,8 @@ the proxy with 2 workers re-resolving every second (TTL 1 s)."""
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -30,11 +28,6 @@ def mocks(port):
     yield servers
     for server in servers.values():
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def directory():
-    return Path(tempfile.mkdtemp(prefix="lbproxy-dns-"))
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,11 +24,6 @@ from tests.processes import (
     start_mock,
     write_config,
 )
-
-
-@pytest.fixture(scope="module")
-def directory():
-    return Path(tempfile.mkdtemp(prefix="lbproxy-prometheus-test-"))
 
 
 @pytest.fixture(scope="module")

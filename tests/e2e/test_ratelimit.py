@@ -6,20 +6,13 @@ import http.client
 import os
 import signal
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from devkit.processes import wait_until
 from tests.processes import Proxy, RedisServer, start_mock, write_config
-
-
-@pytest.fixture(scope="module")
-def directory():
-    return Path(tempfile.mkdtemp(prefix="lbproxy-ratelimit-"))
 
 
 @pytest.fixture(scope="module")

@@ -334,6 +334,13 @@ proxy:
 """
 
 
+def wheres(text: str) -> list[str]:
+    """The places of every problem of ``text``, in the order they are reported."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    return [problem.where for problem in problems(caught.value)]
+
+
 def test_a_file_is_read_to_its_end_and_every_problem_reported():
     with pytest.raises(ConfigErrors) as caught:
         parse_config(EIGHT_PROBLEMS)
@@ -376,9 +383,7 @@ proxy:
     - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 0}]}
     - {name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}
 """
-    with pytest.raises(ConfigErrors) as caught:
-        parse_config(text)
-    assert [problem.where for problem in caught.value.errors] == [
+    assert wheres(text) == [
         "proxy.admin.port",
         "proxy.listen.port",
         "proxy.services[0].hosts[0].port",
@@ -389,12 +394,6 @@ def test_a_block_read_on_its_own_raises_its_first_problem():
     with pytest.raises(ConfigError, match=r"^x\.colour: unknown key") as caught:
         block(Admin, {"port": "no", "colour": 1}, "x")
     assert type(caught.value) is ConfigError
-
-
-def wheres(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text)
-    return [problem.where for problem in problems(caught.value)]
 
 
 def test_services_are_read_even_when_the_defaults_failed():

@@ -25,6 +25,13 @@ def worker(area: SharedArea, column: int, open_connections: int) -> Fairness:
     return fairness
 
 
+def publish_other(area: SharedArea, count: int) -> None:
+    """The other worker (column 1) publishes ``count``; this one is column 0 again."""
+    area.column = 1
+    area.publish_connections(count)
+    area.column = 0
+
+
 def test_a_worker_alone_never_defers():
     area = area_of(1)
     assert not worker(area, 0, 500).over_share()
@@ -33,8 +40,7 @@ def test_a_worker_alone_never_defers():
 
 def test_a_worker_over_the_average_plus_slack_defers():
     area = area_of(2)
-    area.column = 1
-    area.publish_connections(40)
+    publish_other(area, 40)
     ahead = worker(area, 0, 60)
     assert ahead.over_share()  # average 50, slack 2.5: 60 > 52.5
     near = worker(area, 0, 44)
@@ -44,16 +50,14 @@ def test_a_worker_over_the_average_plus_slack_defers():
 
 def test_the_slack_is_at_least_a_few_connections():
     area = area_of(2)
-    area.column = 1
-    area.publish_connections(0)
+    publish_other(area, 0)
     assert not worker(area, 0, 4).over_share()  # a burst's first accepts: 4 <= 2 + 2
     assert worker(area, 0, 5).over_share()  # 5 > 2.5 + 2
 
 
 def test_workers_that_stopped_accepting_do_not_count():
     area = area_of(2)
-    area.column = 1
-    area.publish_connections(0)
+    publish_other(area, 0)
     first = worker(area, 1, 0)
     first.leave()
     assert not worker(area, 0, 300).over_share()
@@ -73,8 +77,7 @@ def test_deferring_lasts_max_defer_then_accepts_until_within_its_share(monkeypat
     """However late the resume timer fires (a busy loop), a run of deferrals ends
     MAX_DEFER after it began; accepting goes on until the worker is within its share."""
     area = area_of(2)
-    area.column = 1
-    area.publish_connections(0)
+    publish_other(area, 0)
     fairness = worker(area, 0, 50)
     now = [100.0]
     monkeypatch.setattr(accept.time, "monotonic", lambda: now[0])
@@ -92,17 +95,9 @@ def test_deferring_lasts_max_defer_then_accepts_until_within_its_share(monkeypat
     assert fairness.defer() is True  # over again: a new run
 
 
-def publish_other(area: SharedArea, count: int) -> None:
-    """The other worker (column 1) publishes ``count``; this one is column 0 again."""
-    area.column = 1
-    area.publish_connections(count)
-    area.column = 0
-
-
 def test_a_worker_that_left_never_counts_again():
     area = area_of(2)
-    area.column = 1
-    area.publish_connections(0)
+    publish_other(area, 0)
     fairness = worker(area, 0, 50)
     fairness.leave()
     assert not fairness.over_share()  # an accept after SIGTERM publishes nothing
@@ -118,9 +113,7 @@ def hub_errors(monkeypatch) -> list:
 
 
 def fair_server(area: SharedArea, handle=lambda s, a: None) -> tuple[FairServer, Fairness]:
-    area.column = 1
-    area.publish_connections(0)
-    area.column = 0
+    publish_other(area, 0)
     fairness = Fairness(area)
     server = FairServer(("127.0.0.1", 0), handle=handle, fairness=fairness,
                         spawn=gevent.pool.Pool(10))  # fmt: skip
