@@ -72,11 +72,13 @@ def proxy(directory, dns, port, statsd):
         statsd={"host": "127.0.0.1", "port": statsd.udp_port, "interval": 0.2},
     )
     server = Proxy(config, workers=2)
-    assert wait_until(
-        lambda: len(instances(server, "web.test", 6)) == 2, server, 10, "web resolved"
-    )
-    yield server
-    server.stop()
+    try:  # stopped even when the first resolution never comes
+        assert wait_until(
+            lambda: len(instances(server, "web.test", 6)) == 2, server, 10, "web resolved"
+        )
+        yield server
+    finally:
+        server.stop()
 
 
 def get(proxy, domain, path="/"):
