@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -701,9 +702,18 @@ class Host:
         " SRV records",
     )
 
-    @property
+    # Hosts key the dicts every request looks up (in flight, health), and name
+    # it in metrics and the log: both are worked out once per host, not per request.
+    @functools.cached_property
     def name(self) -> str:
         return self.srv or f"{self.address}:{self.port}"
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.address, self.port, self.weight, self.resolve, self.srv))
+
+    def __hash__(self) -> int:  # dataclass keeps an explicit __hash__ (frozen, eq)
+        return self._hash
 
 
 def host_entry(value: Any, where: str) -> Host:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # --- errors ----------------------------------------------------------------
 
@@ -75,9 +75,13 @@ _STATUS_LINE = re.compile(r"HTTP/1\.(\d) ([1-5]\d\d)(?: ([\t\x20-\x7e\x80-\xff]*
 _FIELD = re.compile(rf"({_TOKEN}):([\t\x20-\x7e\x80-\xff]*)")
 _OWS = " \t"
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Every field line of a block at once, each from a line start to its CRLF (the
+# value excludes CR and LF, so no match spans two lines); the value without OWS.
+_FIELD_LINE = re.compile(rf"(?m)^({_TOKEN}):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 
 _FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding"})
+_REQUEST_FRAMING_FIELDS = _FRAMING_FIELDS | {"connection", "expect"}
 # Fields that must never come in trailers (RFC 9110 §6.5.1): they frame or route.
 _NOT_IN_TRAILERS = frozenset({"content-length", "transfer-encoding", "host", "trailer"})
 
@@ -86,7 +90,16 @@ def connection_tokens(value: str | None) -> frozenset[str]:
     """The options a ``Connection`` header value lists, lower-cased."""
     if not value:
         return frozenset()
-    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+    tokens = _TOKENS_SEEN.get(value)
+    if tokens is None:
+        tokens = frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+        if len(_TOKENS_SEEN) < _TOKENS_SEEN_MAX:  # a few values recur: keep-alive, close...
+            _TOKENS_SEEN[value] = tokens
+    return tokens
+
+
+_TOKENS_SEEN: dict[str, frozenset[str]] = {}
+_TOKENS_SEEN_MAX = 256
 
 
 def field_block(fields: Iterable[tuple[str, str]]) -> str:
@@ -109,6 +122,10 @@ def content_length(values: list[str]) -> int:
     scripts' digits); several fields, or a list in one, must all be the same
     number, which is then taken once.
     """
+    if len(values) == 1 and (number := values[0]).isdigit() and number.isascii():
+        if len(number) > 18:
+            raise ProtocolError("invalid Content-Length")
+        return int(number)  # the usual case: one field, digits only
     numbers = {item.strip(" \t") for value in values for item in value.split(",")}
     if len(numbers) != 1:
         raise ProtocolError("conflicting Content-Length values")
@@ -153,6 +170,7 @@ class RequestHead:
     host: str | None = None  # the Host header
     path: str = "/"  # origin-form target: path and query
     authority: str | None = None  # of an absolute-form target, which replaces Host
+    names: list[str] = field(default_factory=list)  # the headers' names, lower-cased
 
 
 @dataclass(slots=True)
@@ -167,6 +185,7 @@ class ResponseHead:
     chunked: bool = False
     has_body: bool = True  # False: the no-body rule (HEAD, 1xx, 204, 304)
     keep_alive: bool = True
+    names: list[str] = field(default_factory=list)  # the headers' names, lower-cased
 
     @property
     def interim(self) -> bool:
@@ -176,19 +195,25 @@ class ResponseHead:
 
 def parse_request_head(text: str, limits: HeadLimits) -> RequestHead:
     """The head of one request (latin-1 text without its final CRLF CRLF)."""
-    lines = text.split("\r\n")
-    method, target, version = _request_line(lines[0], limits)
-    if len(lines) - 1 > limits.header_count:
+    first, _, block = text.partition("\r\n")
+    method, target, version = _request_line(first, limits)
+    headers = _fast_fields(block, limits.header_size) if block else []
+    if headers is None:
+        lines = block.split("\r\n")
+        if len(lines) > limits.header_count:
+            raise HeaderFieldsTooLarge(f"more than {limits.header_count} header fields")
+        headers = []
+        for line in lines:
+            if len(line) > limits.header_size:
+                raise HeaderFieldsTooLarge(f"a header line over {limits.header_size} bytes")
+            matched = _FIELD.fullmatch(line)
+            if matched is None:
+                raise ProtocolError("invalid header line")
+            headers.append(_field(matched))
+    elif len(headers) > limits.header_count:
         raise HeaderFieldsTooLarge(f"more than {limits.header_count} header fields")
-    headers = []
-    for line in lines[1:]:
-        if len(line) > limits.header_size:
-            raise HeaderFieldsTooLarge(f"a header line over {limits.header_size} bytes")
-        field = _FIELD.fullmatch(line)
-        if field is None:
-            raise ProtocolError("invalid header line")
-        headers.append(_field(field))
     head = RequestHead(method, target, version, headers)
+    head.names = lower_names(headers)
     head.path, head.authority = split_target(target)
     _request_framing(head)
     return head
@@ -208,21 +233,14 @@ def _request_line(line: str, limits: HeadLimits) -> tuple[str, str, tuple[int, i
 
 def _request_framing(head: RequestHead) -> None:
     """Body length, keep-alive, Host and Expect, from the headers that decide them."""
-    lengths: list[str] = []
-    codings: list[str] = []
-    hosts: list[str] = []
+    hosts = values_of(head, "host")
+    lengths = codings = []
     connection = ""
-    for name, value in head.headers:
-        key = name.lower()
-        if key == "content-length":
-            lengths.append(value)
-        elif key == "transfer-encoding":
-            codings.append(value)
-        elif key == "host":
-            hosts.append(value)
-        elif key == "connection":
-            connection = f"{connection},{value}" if connection else value
-        elif key == "expect" and value.lower() == "100-continue":
+    if not _REQUEST_FRAMING_FIELDS.isdisjoint(head.names):  # else only Host matters
+        lengths = values_of(head, "content-length")
+        codings = values_of(head, "transfer-encoding")
+        connection = ",".join(values_of(head, "connection"))
+        if any(value.lower() == "100-continue" for value in values_of(head, "expect")):
             head.expect_continue = head.version >= (1, 1)
     if len(hosts) > 1:
         raise ProtocolError("more than one Host header")
@@ -272,14 +290,43 @@ def parse_response_head(text: str, method: str) -> ResponseHead:
 
     ``method`` is the request's: a response to HEAD has no body.
     """
-    lines = text.split("\r\n")
-    status_line = _STATUS_LINE.fullmatch(lines[0])
+    first, _, block = text.partition("\r\n")
+    status_line = _STATUS_LINE.fullmatch(first)
     if status_line is None:
         raise ProtocolError("invalid status line")
     version = (1, int(status_line[1]))
-    head = ResponseHead(version, int(status_line[2]), status_line[3] or "", _fields(lines[1:]))
+    fields = _fast_fields(block) if block else []
+    if fields is None:
+        fields = _fields(block.split("\r\n"))
+    head = ResponseHead(version, int(status_line[2]), status_line[3] or "", fields)
+    head.names = lower_names(fields)
     _response_framing(head, method)
     return head
+
+
+def _fast_fields(block: str, line_limit: int | None = None) -> list[tuple[str, str]] | None:
+    """The (name, value) fields of a head's header lines, read in one pass; None
+    when a line needs the line-by-line reader, which then decides: an invalid
+    line, an obsolete fold, a tab anywhere (refused in framing fields), or a
+    block longer than ``line_limit``, where one of its lines may be.
+
+    Every line matched exactly when the matches, one per CRLF, are as many as
+    the block's line feeds (so there is no bare LF either).
+    """
+    if "\t" in block or (line_limit is not None and len(block) > line_limit):
+        return None
+    block += "\r\n"
+    fields = _FIELD_LINE.findall(block)
+    if len(fields) != block.count("\n"):
+        return None
+    return fields
+
+
+def lower_names(fields: list[tuple[str, str]]) -> list[str]:
+    """The fields' names, lower-cased, in their order: one lower() for the lot."""
+    if not fields:
+        return []
+    return "\n".join([name for name, _ in fields]).lower().split("\n")  # names are tokens
 
 
 def _fields(lines: list[str]) -> list[tuple[str, str]]:
@@ -293,10 +340,10 @@ def _fields(lines: list[str]) -> list[tuple[str, str]]:
             name, value = fields[-1]
             fields[-1] = (name, f"{value} {line.strip(_OWS)}".strip(" "))
             continue
-        field = _FIELD.fullmatch(line)
-        if field is None:
+        matched = _FIELD.fullmatch(line)
+        if matched is None:
             raise ProtocolError("invalid header line")
-        fields.append(_field(field))
+        fields.append(_field(matched))
     return fields
 
 
@@ -315,17 +362,9 @@ def _field(field: re.Match) -> tuple[str, str]:
 
 def _response_framing(head: ResponseHead, method: str) -> None:
     """RFC 9112 §6.3, in its order: no body, chunked, Content-Length, until close."""
-    lengths: list[str] = []
-    codings: list[str] = []
-    connection = ""
-    for name, value in head.headers:
-        key = name.lower()
-        if key == "content-length":
-            lengths.append(value)
-        elif key == "transfer-encoding":
-            codings.append(value)
-        elif key == "connection":
-            connection = f"{connection},{value}" if connection else value
+    lengths = values_of(head, "content-length")
+    codings = values_of(head, "transfer-encoding")
+    connection = ",".join(values_of(head, "connection"))
     head.keep_alive = _keep_alive(head.version, connection)
     head.has_body = response_has_body(method, head.status)
     if codings:
@@ -344,6 +383,13 @@ def _response_framing(head: ResponseHead, method: str) -> None:
         pass
     elif head.has_body:
         head.keep_alive = False  # the body ends when the connection does
+
+
+def values_of(head: RequestHead | ResponseHead, name: str) -> list[str]:
+    """The values of every field called ``name`` (lower-case), in their order."""
+    if name not in head.names:
+        return []
+    return [value for key, (_, value) in zip(head.names, head.headers, strict=True) if key == name]
 
 
 def _keep_alive(version: tuple[int, int], connection: str) -> bool:
@@ -476,10 +522,10 @@ class ChunkedReader:
             if not line:
                 self.done = True
                 return
-            field = _FIELD.fullmatch(line)
-            if field is None:
+            matched = _FIELD.fullmatch(line)
+            if matched is None:
                 raise ProtocolError("invalid trailer line")
-            if field[1].lower() in _NOT_IN_TRAILERS:
+            if matched[1].lower() in _NOT_IN_TRAILERS:
                 raise ProtocolError("a framing field in the trailers")
         raise HeaderFieldsTooLarge("too many trailer fields")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from app.http.framing import connection_tokens
+from app.http.framing import connection_tokens, lower_names
 
 HOP_BY_HOP = frozenset(
     {
@@ -69,6 +69,7 @@ def upstream_headers(
     proto: str,
     request_id: str = "",
     upgrade: str | None = None,
+    names: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """The headers sent upstream: the client's end-to-end fields, then the proxy's.
 
@@ -79,19 +80,25 @@ def upstream_headers(
     ``Upgrade`` naming only that protocol and a ``Connection: Upgrade`` go too. A name with
     ``_`` is dropped, as nginx (``underscores_in_headers off``) and gunicorn
     do: WSGI maps ``-`` and ``_`` to one key, so an upstream could take it for
-    another header.
+    another header. ``names``: the fields' names lower-cased, when the parser has them.
     """
     fields = list(fields)
+    if names is None:
+        names = lower_names(fields)
     dropped = HOP_BY_HOP | SET_BY_PROXY
     forwarded_for = []
-    for name, value in fields:
-        lower = name.lower()
-        if lower == "connection":
-            dropped = dropped | connection_tokens(value)
-        elif lower == "x-forwarded-for":
-            forwarded_for.append(value)
+    if "connection" in names or "x-forwarded-for" in names:
+        for key, (_, value) in zip(names, fields, strict=True):
+            if key == "connection":
+                dropped = dropped | connection_tokens(value)
+            elif key == "x-forwarded-for":
+                forwarded_for.append(value)
     headers = [("Host", host)]
-    headers += [(n, v) for n, v in fields if n.lower() not in dropped and "_" not in n]
+    headers += [
+        field
+        for key, field in zip(names, fields, strict=True)
+        if key not in dropped and "_" not in key
+    ]
     if upgrade is not None:
         # Exactly the protocol lbproxy tunnels, whatever else the client offered.
         headers += [("Upgrade", upgrade), ("Connection", "Upgrade")]
@@ -106,11 +113,22 @@ def upstream_headers(
     return headers
 
 
-def response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers to pass on, repeated names kept as separate lines."""
+def response_headers(
+    items: Iterable[tuple[str, str]],
+    names: list[str] | None = None,
+    also_dropped: frozenset[str] = frozenset(),
+) -> list[tuple[str, str]]:
+    """Upstream response headers to pass on, repeated names kept as separate lines.
+
+    ``names``: the items' names lower-cased, when the parser has them already
+    (``ResponseHead.names``); ``also_dropped``: more lower-case names to leave out.
+    """
     items = list(items)
-    dropped = HOP_BY_HOP | REPLACED_BY_PROXY
-    for name, value in items:
-        if name.lower() == "connection":
-            dropped = dropped | connection_tokens(value)
-    return [(name, value) for name, value in items if name.lower() not in dropped]
+    if names is None:
+        names = lower_names(items)
+    dropped = HOP_BY_HOP | REPLACED_BY_PROXY | also_dropped
+    if "connection" in names:
+        for key, (_, value) in zip(names, items, strict=True):
+            if key == "connection":
+                dropped = dropped | connection_tokens(value)
+    return [item for key, item in zip(names, items, strict=True) if key not in dropped]

@@ -81,7 +81,8 @@ def parse_request(
     if not host_header:
         raise BadRequest("missing Host header")
     domain = domain_of(host_header)
-    upgrade = tunnelled_upgrade(fields)
+    names = head.names if head is not None else None
+    upgrade = tunnelled_upgrade(fields, names)
     headers = upstream_headers(
         fields,
         host=host_header,
@@ -89,6 +90,7 @@ def parse_request(
         proto=environ.get("wsgi.url_scheme", "http"),
         request_id=request_id,
         upgrade=upgrade,
+        names=names,
     )
     body = request_body(environ, head, max_body_size)
     if upgrade is not None and (method != "GET" or body is not None):
@@ -105,9 +107,14 @@ def parse_request(
 TUNNELLED = frozenset({"websocket"})
 
 
-def tunnelled_upgrade(fields) -> str | None:
+def tunnelled_upgrade(fields, names: list[str] | None = None) -> str | None:
     """ "websocket" when ``Connection`` lists ``upgrade`` and ``Upgrade`` names
-    an allowed protocol (the first one it names); else None: a plain request."""
+    an allowed protocol (the first one it names); else None: a plain request.
+
+    ``names``: the fields' names lower-cased, when the parser has them.
+    """
+    if names is not None and ("upgrade" not in names or "connection" not in names):
+        return None
     connection = upgrade = None
     for name, value in fields:
         lower = name.lower()

@@ -50,6 +50,7 @@ from app.http.framing import (
     chunk,
     content_length,
     field_block,
+    lower_names,
     parse_request_head,
     response_has_body,
     send_all,
@@ -106,10 +107,14 @@ class ClientConnection:
         deadline = time.monotonic() + self.server.timeout
         data = self.stream.pending.lstrip(b"\r\n")  # RFC 9112 §2.2: empty lines before a request
         searched = 0
+        first = True
         while (end := data.find(b"\r\n\r\n", searched)) < 0:
             self._check_partial_head(data)
             searched = max(0, len(data) - 3)
-            received = self._recv_until(deadline)
+            # The first wait is the whole client_timeout, the socket's own
+            # timeout between requests: no settimeout() calls for it.
+            received = self._recv_first() if first else self._recv_until(deadline)
+            first = False
             if not received:
                 return None
             data = data + received if data else received.lstrip(b"\r\n")
@@ -126,6 +131,13 @@ class ClientConnection:
             line_end >= 0 and len(data) - data.rfind(b"\n") - 1 > limits.header_size + 2
         ):
             raise HeaderFieldsTooLarge("request head over the limits")
+
+    def _recv_first(self) -> bytes:
+        """One recv within client_timeout; b"" on end-of-file or at the timeout."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return b""
 
     def _recv_until(self, deadline: float) -> bytes:
         """One recv before the deadline; b"" on end-of-file or at the deadline.
@@ -339,15 +351,23 @@ class ResponseWriter:
             raise RuntimeError("the application did not call start_response")
         code = int(self.status[:3])
         request = self.request
-        kept = []
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                self.length = content_length([value])
-            elif lower in _FRAMING_HEADERS:
-                continue  # the server's to decide
-            kept.append((name, value))
-        fields = field_block(kept)
+        headers = self.headers
+        names = lower_names(headers)
+        if "content-length" in names:
+            for key, (_, value) in zip(names, headers, strict=True):
+                if key == "content-length":
+                    self.length = content_length([value])
+        # Connection, Transfer-Encoding and Keep-Alive are the server's to decide.
+        if _FRAMING_HEADERS.isdisjoint(names):
+            fields = field_block(headers)
+        else:
+            fields = field_block(
+                [
+                    item
+                    for key, item in zip(names, headers, strict=True)
+                    if key not in _FRAMING_HEADERS
+                ]
+            )
         if not response_has_body(request.method, code):
             self.length = 0  # no body, whatever Content-Length says
         elif self.length is None:

@@ -55,22 +55,42 @@ def line(record: Record, environ: dict) -> str:
     in a quarter of the time: strings go through json's C escaper, numbers
     are formatted directly.
     """
-    get = environ.get
+    # Inline conditionals, not helper calls: this runs once per request.
+    get, enc = environ.get, encode_basestring_ascii
+    client, method, uri, host = (
+        get("REMOTE_ADDR"),
+        get("REQUEST_METHOD"),
+        get("RAW_URI"),
+        get("HTTP_HOST"),
+    )
+    service, upstream, connect, waited, tunnel_close = (
+        record.service,
+        record.upstream,
+        record.connect_time,
+        record.upstream_time,
+        record.tunnel_close,
+    )
     return (
-        f'{{"time":"{_iso(record.wall_time)}","request_id":{_str(record.request_id)},'
-        f'"client":{_str(get("REMOTE_ADDR"))},"method":{_str(get("REQUEST_METHOD"))},'
-        f'"uri":{_str(get("RAW_URI"))},"host":{_str(get("HTTP_HOST"))},'
-        f'"service":{_str(record.service)},"upstream":{_str(record.upstream)},'
-        f'"outcome":{_str(record.outcome)},"upstream_status":{_int(record.upstream_status)},'
+        f'{{"time":"{_iso(record.wall_time)}","request_id":{enc(record.request_id)},'
+        f'"client":{"null" if client is None else enc(client)},'
+        f'"method":{"null" if method is None else enc(method)},'
+        f'"uri":{"null" if uri is None else enc(uri)},'
+        f'"host":{"null" if host is None else enc(host)},'
+        f'"service":{"null" if service is None else enc(service)},'
+        f'"upstream":{"null" if upstream is None else enc(upstream)},'
+        f'"outcome":{enc(record.outcome)},"upstream_status":{_int(record.upstream_status)},'
         f'"status":{_int(record.status)},"response_bytes":{record.bytes_out},'
-        f'"request_bytes":{record.bytes_in},"duration_ms":{_num(_ms(record.duration))},'
-        f'"connect_ms":{_num(_ms(record.connect_time))},'
-        f'"upstream_ms":{_num(_ms(record.upstream_time))},"retries":{record.retries},'
-        f'"tunnel_close":{_str(record.tunnel_close)}}}'
+        f'"request_bytes":{record.bytes_in},"duration_ms":{round(record.duration * 1000, 3)!r},'
+        f'"connect_ms":{"null" if connect is None else repr(round(connect * 1000, 3))},'
+        f'"upstream_ms":{"null" if waited is None else repr(round(waited * 1000, 3))},'
+        f'"retries":{record.retries},'
+        f'"tunnel_close":{"null" if tunnel_close is None else enc(tunnel_close)}}}'
     )
 
 
 class JsonAccessLogger(Logger):
+    _plain_handler: logging.Handler | None = None  # found by _direct_stream
+
     def access(self, resp, req, environ, request_time):
         """gunicorn's call, which comes before the response is closed: lbproxy's
         requests are logged at their end instead (``log_record``, from
@@ -94,11 +114,19 @@ class JsonAccessLogger(Logger):
             stream.flush()
 
     def _direct_stream(self):
-        """The stream of gunicorn's own file or stdout handler; None for any other setup."""
+        """The stream of gunicorn's own file or stdout handler; None for any other setup.
+
+        The handler found plain is remembered: gunicorn's setup (start, reload)
+        replaces handlers rather than changing them, and a reopen (USR1)
+        replaces only the stream, which is read afresh each time.
+        """
         logger = self.access_log
-        if len(logger.handlers) != 1 or logger.filters:
+        handlers = logger.handlers
+        if len(handlers) == 1 and handlers[0] is self._plain_handler and not logger.filters:
+            return self._plain_handler.stream
+        if len(handlers) != 1 or logger.filters:
             return None
-        handler = logger.handlers[0]
+        handler = handlers[0]
         if (
             type(handler) not in _PLAIN_HANDLERS
             or handler.filters
@@ -107,22 +135,15 @@ class JsonAccessLogger(Logger):
             or handler.formatter._fmt != "%(message)s"
         ):
             return None
+        self._plain_handler = handler
         return handler.stream
 
 
 _PLAIN_HANDLERS = (logging.StreamHandler, logging.FileHandler)
 
 
-def _str(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
-
-
 def _int(value: int | None) -> str:
     return "null" if value is None else str(value)
-
-
-def _num(value: float | None) -> str:
-    return "null" if value is None else repr(value)
 
 
 def _ms(seconds: float | None) -> float | None:

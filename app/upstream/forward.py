@@ -270,21 +270,20 @@ def _wait_for_response(connection: UpstreamConnection, client) -> None:
     if connection.deadline is not None:
         limit = min(limit, connection.deadline - time.monotonic())
     deadline = time.monotonic() + limit
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no response within timeout.read (or timeout.response)")
-            upstream.settimeout(min(remaining, CLIENT_CHECK_INTERVAL))
-            try:
-                connection.stream.pending = upstream.recv(RECV_SIZE)
-                return
-            except TimeoutError:
-                # A client that left is told apart from a slow upstream, even at the end.
-                if client is not None and _client_gone(client):
-                    raise ClientAbort("the client closed its connection while waiting") from None
-    finally:
-        upstream.settimeout(connection.read_timeout)
+    # The socket's timeout is left at the interval: the next recv (the rest of
+    # the head, the body) or exchange sets its own (UpstreamConnection.recv).
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no response within timeout.read (or timeout.response)")
+        connection.set_timeout(min(remaining, CLIENT_CHECK_INTERVAL))
+        try:
+            connection.stream.pending = upstream.recv(RECV_SIZE)
+            return
+        except TimeoutError:
+            # A client that left is told apart from a slow upstream, even at the end.
+            if client is not None and _client_gone(client):
+                raise ClientAbort("the client closed its connection while waiting") from None
 
 
 def _client_gone(client) -> bool:

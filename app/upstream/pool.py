@@ -66,11 +66,21 @@ def readable(sock) -> bool:
 class UpstreamConnection:
     """One connection to a host: urllib3's connection, and what was received on it."""
 
-    __slots__ = ("conn", "deadline", "idle_since", "read_timeout", "sock", "stream", "tls")
+    __slots__ = (
+        "conn",
+        "deadline",
+        "idle_since",
+        "read_timeout",
+        "sock",
+        "sock_timeout",
+        "stream",
+        "tls",
+    )
 
     def __init__(self, conn: HTTPConnection):
         self.conn = conn
         self.sock = conn.sock
+        self.sock_timeout = self.sock.gettimeout()
         self.tls = isinstance(conn, HTTPSConnection)
         self.stream = Stream(self.recv)
         self.idle_since = 0.0
@@ -80,16 +90,24 @@ class UpstreamConnection:
     def start_exchange(self, read_timeout: float, deadline: float | None) -> None:
         self.read_timeout = read_timeout
         self.deadline = deadline
-        self.sock.settimeout(read_timeout)
+        self.set_timeout(read_timeout)
+
+    def set_timeout(self, seconds: float) -> None:
+        """The socket's timeout, set only when it changes (gevent's settimeout is Python)."""
+        if seconds != self.sock_timeout:
+            self.sock.settimeout(seconds)
+            self.sock_timeout = seconds
 
     def recv(self, size: int) -> bytes:
         """One recv, within the read timeout and what is left of the exchange's time."""
+        timeout = self.read_timeout
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
-            if left < self.read_timeout:
+            if left < timeout:
                 if left <= 0:
                     raise TimeoutError("timeout.response reached")
-                self.sock.settimeout(left)
+                timeout = left
+        self.set_timeout(timeout)
         return self.sock.recv(size)
 
     def buffered(self) -> bool:

@@ -24,6 +24,7 @@ from app.http.framing import ProtocolError, ResponseHead
 from app.http.headers import response_headers
 
 RESPONSE_CHUNK = 64 * 1024
+_CONTENT_LENGTH = frozenset({"content-length"})
 
 
 class UpstreamResponse:
@@ -155,7 +156,7 @@ def client_headers(head: ResponseHead) -> list[tuple[str, str]]:
     the checked length is stated again, except on a chunked body, a 1xx or a
     204. On HEAD and 304 it is what a GET would get, as the upstream said.
     """
-    headers = [(n, v) for n, v in response_headers(head.headers) if n.lower() != "content-length"]
+    headers = response_headers(head.headers, head.names, _CONTENT_LENGTH)
     if head.content_length is not None and head.status >= 200 and head.status != 204:
         headers.append(("Content-Length", str(head.content_length)))
     return headers

@@ -474,3 +474,18 @@ proxy:
   trusted_proxies: [10, true, 10.0.0.0/8]
   services: [{name: a, domain: a.test, hosts: [{address: 127.0.0.1, port: 1}]}]
 """) == ["proxy.trusted_proxies[0]", "proxy.trusted_proxies[1]"]
+
+
+def test_hosts_hash_and_name_by_their_fields_once_worked_out():
+    import dataclasses
+
+    from app.config import Host
+
+    a, b = Host("10.0.0.1", 80), Host("10.0.0.1", 80)
+    assert (a == b, hash(a) == hash(b), {a: 1}[b]) == (True, True, 1)
+    for other in (dataclasses.replace(a, port=81), dataclasses.replace(a, weight=2)):
+        assert other != a and other not in {a}
+    assert (a.name, Host(srv="_http._tcp.x.test", resolve=True).name) == (
+        "10.0.0.1:80",
+        "_http._tcp.x.test",
+    )

@@ -144,3 +144,101 @@ def test_a_field_block_refuses_what_would_split_a_line():
     for name, value in [("A", "1\r\nB: 2"), ("A", "1\n"), ("A\r", "1"), ("A", "1\x00")]:
         with pytest.raises(ValueError):
             field_block([(name, value)])
+
+
+# --- the one-pass field reader against the line-by-line one ----------------
+
+_PIECES = st.sampled_from(
+    [
+        "Host",
+        "X-A",
+        "content-length",
+        ":",
+        ": ",
+        " ",
+        "\t",
+        "\r\n",
+        "\n",
+        "\r",
+        "value",
+        "a b",
+        "\x00",
+        "\x7f",
+        "é",
+        "(x)",
+        "\x1f",
+    ]
+)
+_LINE = st.one_of(
+    st.builds(
+        lambda name, ows1, value, ows2: f"{name}:{ows1}{value}{ows2}",
+        st.sampled_from(["Host", "X-Two", "x_y", "A.B", "Content-Length", "ab!#$%&'*+.^`|~"]),
+        st.sampled_from(["", " ", "  ", "\t"]),
+        st.sampled_from(["", "v", "a b", "é", "x\ty", "1, 2"]),
+        st.sampled_from(["", " ", " \t"]),
+    ),
+    st.lists(_PIECES, max_size=6).map("".join),
+)
+
+
+def _line_by_line(block: str):
+    """The reader the fast one falls back to: each line matched on its own."""
+    from app.http.framing import _FIELD, _field
+
+    fields = []
+    for line in block.split("\r\n"):
+        matched = _FIELD.fullmatch(line)
+        if matched is None:
+            raise ProtocolError("invalid header line")
+        fields.append(_field(matched))
+    return fields
+
+
+@given(st.lists(_LINE, min_size=1, max_size=6).map("\r\n".join))
+def test_the_one_pass_field_reader_reads_every_block_as_the_line_reader(block):
+    from app.http.framing import _fast_fields
+
+    fast = _fast_fields(block)
+    if fast is None:
+        return  # the line reader decides (the request path takes it then)
+    assert fast == _line_by_line(block)
+
+
+def test_the_one_pass_reader_leaves_every_doubtful_block_to_the_line_reader():
+    from app.http.framing import _fast_fields
+
+    assert _fast_fields("Host: a\r\nX: b") == [("Host", "a"), ("X", "b")]
+    for block in (
+        "Host: a\nX: b",  # a bare LF
+        "Host: a\rX: b",  # a bare CR
+        "Host: a\r\n folded",  # an obsolete fold
+        "Host: a\r\nbad line X: b",  # a line that is no field
+        "Transfer-Encoding: chunked\t",  # a tab (refused in framing fields)
+        "Host : a",  # space before the colon
+    ):
+        assert _fast_fields(block) is None, block
+    assert _fast_fields("X: " + "a" * 60, line_limit=50) is None  # the limit is the line reader's
+
+
+@given(st.lists(st.sampled_from(["Host", "X-A", "CONTENT-length", "Ünï", "a-B"]), max_size=5))
+def test_lower_names_are_the_names_lower_cased(names):
+    from app.http.framing import lower_names
+
+    assert lower_names([(name, "v") for name in names]) == [name.lower() for name in names]
+
+
+def test_connection_tokens_are_remembered_for_a_bounded_number_of_values():
+    from app.http import framing
+
+    assert framing.connection_tokens("Keep-Alive, Upgrade") == {"keep-alive", "upgrade"}
+    for n in range(framing._TOKENS_SEEN_MAX + 10):
+        assert framing.connection_tokens(f"x{n}") == {f"x{n}"}
+    assert len(framing._TOKENS_SEEN) <= framing._TOKENS_SEEN_MAX
+
+
+def test_a_request_with_many_fields_takes_the_same_path_to_the_same_head():
+    fields = [f"X-{n}: {n}" for n in range(4)]
+    fast = parse("GET / HTTP/1.1", *fields)
+    slow = parse("GET / HTTP/1.1", *fields[:3], "X-3:\t3")  # a tab: the line reader
+    assert fast.headers == slow.headers
+    assert fast.names == ["host", "x-0", "x-1", "x-2", "x-3"]

@@ -240,3 +240,19 @@ def test_a_tunnel_counts_opened_closed_by_reason_and_bytes(sink):
     assert got["lb.test.chat.tunnels.bytes_in"] == (10, "c")
     assert got["lb.test.chat.tunnels.bytes_out"] == (250, "c")
     assert got["lb.test.chat.status.1xx"] == (1, "c")
+
+
+def test_lines_are_packed_into_datagrams_under_the_mtu_in_their_order(sink):
+    from app.observe.metrics import MAX_DATAGRAM, Datagrams
+
+    lines = [f"svc.n{n:03d}:{n}|c" for n in range(150)] + ["x" * 2000 + ":1|c", "last:1|c"]
+    Datagrams("127.0.0.1", sink.getsockname()[1], "lb").send(lines)
+    received = []
+    sink.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        while True:
+            received.append(sink.recv(65536).decode())
+    assert len(received) >= 4  # 150 short lines need several datagrams, the long one its own
+    assert all(len(d) < MAX_DATAGRAM for d in received if "xxx" not in d)
+    assert "x" * 2000 + ":1|c" in [line.removeprefix("lb.") for line in received]
+    assert [line for d in received for line in d.split("\n")] == [f"lb.{line}" for line in lines]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -174,3 +177,43 @@ def test_an_abandoned_response_closes_its_connection(short_keepalive_mock):
     assert local_port(pool) is None  # closed, not kept with half a body on the wire
     read(forwarder.send(host, get(), Timeout()))
     assert local_port(pool) != first
+
+
+def _pausing_upstream(pause: float) -> tuple[socket.socket, threading.Thread]:
+    """A one-connection upstream: its head and half the body, then ``pause``
+    seconds, then the other half."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+            time.sleep(pause)
+            conn.sendall(b"67890")
+            conn.recv(1)  # until the proxy closes or pools it
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(("read_timeout", "whole"), [(3.0, True), (0.5, False)])
+def test_a_body_read_waits_for_the_read_timeout_not_the_client_check_interval(read_timeout, whole):
+    """The wait for the first byte leaves the socket at the 1 s client check
+    interval; a body read past it is bounded by timeout.read again."""
+    listener, thread = _pausing_upstream(1.5)
+    with listener:
+        host = Host("127.0.0.1", listener.getsockname()[1])
+        forwarder, _ = forwarder_for(host)
+        response = forwarder.send(host, get(), Timeout(read=read_timeout))
+        chunks = []
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            for chunk in response:
+                chunks.append(chunk)
+        response.close()
+    assert (b"".join(chunks) == b"1234567890") is whole
+    if not whole:  # cut at the read timeout, not later
+        assert time.monotonic() - started < 1.2
+    thread.join(5)
