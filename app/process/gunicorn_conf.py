@@ -61,6 +61,7 @@ control_socket_disable = True  # one proxy per host path would collide; not used
 def on_starting(server):
     master.start_area(server.cfg.workers)
     master.start_prometheus()
+    master.import_for_workers()
 
 
 def on_exit(server):

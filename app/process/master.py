@@ -93,6 +93,19 @@ def stop_prometheus() -> None:
         remove_directory(_private_metrics_dir)
 
 
+def import_for_workers() -> None:
+    """gunicorn's ``on_starting``: imports whose native setup every worker would
+    otherwise repeat, done once here, before the first fork.
+
+    ``hashlib``'s import asks OpenSSL for every digest it provides, a walk
+    through much of libcrypto's code. A forked worker inherits the result, but
+    not the master's mappings of those code pages: had it imported hashlib
+    itself (urllib3 and the traffic modules do), RSS would count each page it
+    walked once more per worker.
+    """
+    import hashlib  # noqa: F401
+
+
 def assign_column(worker) -> None:
     """gunicorn's ``pre_fork``: the worker about to be forked gets a column."""
     if _area is not None:

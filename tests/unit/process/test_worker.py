@@ -82,6 +82,17 @@ def test_the_master_loads_the_worker_classes_without_gevent():
     assert out.stdout.split() == ["False", "GeventLbproxyServerWorker"]
 
 
+def test_the_master_sets_up_hashlib_once_for_every_worker():
+    """OpenSSL's digest setup runs in the master: forked workers never repeat it."""
+    code = (
+        "import sys, app.process.master\n"
+        "app.process.master.import_for_workers()\n"
+        "print('_hashlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True"]
+
+
 def test_each_stand_in_names_a_gevent_worker():
     for name in ("LbproxyServerWorker", "GunicornServerWorker"):
         stand_in = getattr(app.process.worker, name)
