@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import difflib
 import functools
 import ipaddress
 import os
@@ -1146,6 +1145,15 @@ def _service(value: Any, where: str, defaults: Policy) -> Service:
     return dataclasses.replace(service, hosts=fixed, discover=discover)
 
 
+def _did_you_mean(key: str, allowed: set) -> str:
+    # Imported here, for a file with a typo: the gunicorn master (whose modules
+    # RSS counts again in every worker) has no other use for difflib.
+    import difflib
+
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean '{hint[0]}'?)" if hint else ""
+
+
 def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset()) -> dict:
     allowed = set(required) | set(optional)
     if value is None and not required:
@@ -1154,8 +1162,7 @@ def _mapping(value: Any, where: str, required=frozenset(), optional=frozenset())
         raise ConfigError(where, f"expected a mapping, got {_describe(value)}")
     for key in value:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            suggestion = _did_you_mean(str(key), allowed)
             known = ", ".join(sorted(allowed))
             _note(ConfigError(f"{where}.{key}", f"unknown key{suggestion}; known keys: {known}"))
     for key in sorted(required):
