@@ -27,8 +27,12 @@ serves each stream through the same WSGI app.
 
 from __future__ import annotations
 
+import _socket
 import functools
+import os
 
+import gevent
+from gevent.resolver.thread import Resolver as ThreadResolver
 from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 
@@ -41,11 +45,37 @@ from app.process.accept import Fairness, FairServer
 ACCEPT_BATCH = 64
 
 
+class NumericFirstResolver(ThreadResolver):
+    """gevent's default resolver, except that it converts a numeric address itself.
+
+    gevent hands every ``getaddrinfo`` to a thread of its pool, even for an IP
+    address, and urllib3 asks for one each time it connects upstream: a worker
+    would start threads (each with its own stack and malloc arena) to convert
+    the addresses of proxy.yaml. With ``AI_NUMERICHOST`` the C library converts
+    an address at once and refuses a name without a lookup; names still go to
+    the pool. (``_socket``: the socket module's function is gevent's, which
+    calls this one.)
+    """
+
+    def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        try:
+            numeric = flags | _socket.AI_NUMERICHOST
+            return _socket.getaddrinfo(host, port, family, type, proto, numeric)
+        except _socket.gaierror:
+            return super().getaddrinfo(host, port, family, type, proto, flags)
+
+
 class GeventGunicornServerWorker(ggevent.GeventWorker):
     """gunicorn's gevent worker, HTTP by gunicorn's parser (PROXY_HTTP_SERVER=gunicorn).
 
     Kept as the reference the bad-input tests run against, next to lbproxy's server.
     """
+
+    def init_process(self):
+        # Before the hub makes its resolver; GEVENT_RESOLVER, when set, is the user's choice.
+        if not os.environ.get("GEVENT_RESOLVER"):
+            gevent.config.resolver = NumericFirstResolver
+        super().init_process()
 
     def server_class(self, listener, *, application, spawn, log, handler_class, environ, **ssl):
         """gunicorn's hook: the gevent server for one listener (module docstring)."""
@@ -112,8 +142,6 @@ class GeventGunicornServerWorker(ggevent.GeventWorker):
         """SIGTERM (a stop, or a reload's old worker): tunnels end now, as a
         reload cuts them (docs/websocket.md), the health checks move to another
         worker; requests in flight finish."""
-        import gevent
-
         # Stop accepting now rather than at gunicorn's next 1 s tick: new
         # connections (and tunnels) go to the workers that stay.
         # A SIGTERM may come while the worker is still booting: no app yet, no servers.

@@ -280,3 +280,12 @@ def test_missing_host_header_is_a_400(proxy):
     raw = raw_exchange(proxy.port, b"GET / HTTP/1.0\r\n\r\n")
     assert raw.startswith(b"HTTP/1.0 400") or raw.startswith(b"HTTP/1.1 400")
     assert call(proxy, BALANCED).status_code == 200
+
+
+def test_connecting_to_numeric_upstreams_starts_no_thread(proxy):
+    """gevent would convert each IP address in a thread of its pool
+    (app/process/gevent_worker.NumericFirstResolver)."""
+    with ThreadPoolExecutor(8) as pool:  # new client connections: new upstream ones too
+        assert all(pool.map(lambda _: call(proxy, BALANCED).ok, range(40)))
+    for worker in proxy.children():
+        assert os.listdir(f"/proc/{worker}/task") == [str(worker)]

@@ -20,6 +20,7 @@ from app.process.gevent_worker import (
     ACCEPT_BATCH,
     GeventGunicornServerWorker,
     GeventLbproxyServerWorker,
+    NumericFirstResolver,
 )
 
 
@@ -91,6 +92,37 @@ def test_the_master_sets_up_hashlib_once_for_every_worker():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True"]
+
+
+class RecordingPool:
+    """A stand-in for gevent's threadpool: runs the call here, and notes it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def apply(self, function, args, kwargs=None):
+        self.calls.append(args[0])
+        return function(*args, **(kwargs or {}))
+
+
+def numeric_first_resolver() -> tuple[NumericFirstResolver, RecordingPool]:
+    pool = RecordingPool()
+    return NumericFirstResolver(SimpleNamespace(threadpool=pool, NOT_ERROR=())), pool
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_the_resolver_converts_an_address_without_the_threadpool(address):
+    resolver, pool = numeric_first_resolver()
+    found = resolver.getaddrinfo(address, 80, 0, socket.SOCK_STREAM)
+    assert [entry[4][:2] for entry in found] == [(address, 80)]
+    assert pool.calls == []
+
+
+def test_the_resolver_looks_names_up_in_the_threadpool():
+    resolver, pool = numeric_first_resolver()
+    found = resolver.getaddrinfo("localhost", 80, socket.AF_INET, socket.SOCK_STREAM)
+    assert ("127.0.0.1", 80) in [entry[4] for entry in found]
+    assert pool.calls == ["localhost"]
 
 
 def test_each_stand_in_names_a_gevent_worker():
