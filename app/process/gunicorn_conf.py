@@ -73,6 +73,7 @@ def pre_fork(server, worker):
     # start and on every reload: this comes after that.
     master.set_title("master")
     master.assign_column(worker)
+    master.freeze_for_fork()
 
 
 def post_fork(server, worker):
