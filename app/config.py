@@ -27,16 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "proxy.yaml"
 
 STRATEGIES = ("round_robin", "random", "least_connections")
-
-# libyaml's loader when PyYAML has it: a 10,000-service file parses in a tenth of
-# the time and memory (safe either way: plain YAML types only).
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
@@ -961,29 +955,51 @@ def config_path() -> Path:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else Path("proxy.yaml")
 
 
-def load_config(path: str | os.PathLike | None = None) -> ProxyConfig:
+def read_yaml(text: str) -> Any:
+    """The YAML document of ``text``; ConfigError where it is not valid YAML."""
+    # Imported here: the gunicorn master parses in a child process
+    # (app/process/master.read_yaml_apart), so that PyYAML is never resident in
+    # the master, nor in the workers it forks.
+    import yaml
+
+    # libyaml's loader when PyYAML has it: a 10,000-service file parses in a
+    # tenth of the time and memory (safe either way: plain YAML types only).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(where, f"not valid YAML ({problem})") from None
+
+
+ReadYaml = Callable[[str], Any]
+
+
+def load_config(path: str | os.PathLike | None = None, read: ReadYaml = read_yaml) -> ProxyConfig:
     path = Path(path) if path is not None else config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError("(file)", f"cannot read it ({error.strerror})") from None
-    return parse_config(text, source=str(path))
+    return parse_config(text, source=str(path), read=read)
 
 
-def parse_config(text: str, source: str = "<memory>") -> ProxyConfig:
+def parse_config(text: str, source: str = "<memory>", read: ReadYaml = read_yaml) -> ProxyConfig:
     base = Path(source).parent if source != "<memory>" else Path.cwd()
     token = _BASE_DIRECTORY.set(base)
     try:
-        return _parse(text, source)
+        return _parse(text, source, read)
     finally:
         _BASE_DIRECTORY.reset(token)
 
 
-def _parse(text: str, source: str) -> ProxyConfig:
+def _parse(text: str, source: str, read: ReadYaml) -> ProxyConfig:
     found: list[ConfigError] = []
     token = _PROBLEMS.set(found)
     try:
-        config = _attempt(_document, text, source)
+        config = _attempt(_document, text, source, read)
     finally:
         _PROBLEMS.reset(token)
     if len(found) > 1:
@@ -993,15 +1009,8 @@ def _parse(text: str, source: str) -> ProxyConfig:
     return config
 
 
-def _document(text: str, source: str) -> ProxyConfig:
-    try:
-        document = yaml.load(text, Loader=_SafeLoader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(where, f"not valid YAML ({problem})") from None
-    root = _mapping(document, "(top level)", required={"proxy"})
+def _document(text: str, source: str, read: ReadYaml) -> ProxyConfig:
+    root = _mapping(read(text), "(top level)", required={"proxy"})
     if "proxy" not in root:
         raise _Reported  # _mapping recorded it
     return _proxy(root["proxy"], "proxy", source)

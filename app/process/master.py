@@ -5,7 +5,9 @@ loads proxy.yaml through ``load_or_keep``: at start a bad file stops lbproxy
 before any worker exists; on reload a bad file is logged and the previous
 config stays active. Workers are forked from the master, so they find the
 validated config here in memory and never parse the file themselves: a bad
-file can never make a worker fail to boot (which would stop gunicorn).
+file can never make a worker fail to boot (which would stop gunicorn). The
+YAML itself is parsed in a short-lived child of the master (``read_yaml_apart``),
+so PyYAML is resident in no process that stays.
 
 The master also maps the pod's shared area (app/traffic/shared.py) when it
 starts (gunicorn's ``on_starting``, which knows the worker count, however it
@@ -16,12 +18,16 @@ column of its own, freed when the worker exits.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
+import pickle
+from typing import Any, NoReturn
 
 import setproctitle
 
-from app.config import ConfigError, ProxyConfig, config_path, load_config, problems
+from app.config import ConfigError, ProxyConfig, config_path, load_config, problems, read_yaml
 from app.traffic.shared import Capacity, SharedArea, Zone
 
 log = logging.getLogger("gunicorn.error")
@@ -45,7 +51,7 @@ def load_or_keep() -> ProxyConfig:
     global _active, _zone
     path = config_path()
     try:
-        config = load_config(path)
+        config = load_config(path, read=read_yaml_apart)
         zone = _area.place(config) if _area is not None else None
     except ConfigError as error:
         found = "; ".join(f"{path}: {problem}" for problem in problems(error))
@@ -57,6 +63,60 @@ def load_or_keep() -> ProxyConfig:
         log.info("lbproxy: reloaded %s (%d services)", path, len(config.services))
     _active, _zone = config, zone
     return config
+
+
+def read_yaml_apart(text: str) -> Any:
+    """``read_yaml`` in a forked child, whose answer comes back pickled.
+
+    PyYAML serves the master alone (workers never parse), yet every module the
+    master holds when it forks is resident in each worker too: loaded in a
+    child that exits, it is resident nowhere. Where no child can be made, or
+    it dies before it answers, the text is parsed here.
+    """
+    try:
+        reader, writer = os.pipe()
+    except OSError:
+        return read_yaml(text)
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(reader)
+        os.close(writer)
+        return read_yaml(text)
+    if pid == 0:
+        os.close(reader)
+        _answer(writer, text)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        answer = pipe.read()
+    _reap(pid)
+    try:
+        kind, value = pickle.loads(answer)
+    except (EOFError, pickle.UnpicklingError):
+        return read_yaml(text)
+    if kind == "problem":
+        raise ConfigError(*value)
+    return value
+
+
+def _answer(writer: int, text: str) -> NoReturn:
+    """In the child: the document, or where and why the text is not YAML; then exit
+    at once (no exit handlers, no flush of what the master has buffered)."""
+    try:
+        try:
+            answer = ("document", read_yaml(text))
+        except ConfigError as error:
+            answer = ("problem", (error.where, error.reason))
+        with os.fdopen(writer, "wb") as pipe:
+            pickle.dump(answer, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        os._exit(0)
+
+
+def _reap(pid: int) -> None:
+    # gunicorn's arbiter reaps any child it finds exited; this one may be gone.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def set_title(role: str) -> None:

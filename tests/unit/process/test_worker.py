@@ -3,21 +3,18 @@ the gunicorn internals the master's light stand-ins rely on."""
 
 from __future__ import annotations
 
-import gc
 import inspect
 import os
 import socket
 import subprocess
 import sys
 import textwrap
-import weakref
 from types import SimpleNamespace
 
 import pytest
 from gunicorn.workers import base, base_async, ggevent
 
 import app.process.gevent_worker
-import app.process.master
 import app.process.worker
 from app.process.gevent_worker import (
     ACCEPT_BATCH,
@@ -86,33 +83,6 @@ def test_the_master_loads_the_worker_classes_without_gevent():
     assert out.stdout.split() == ["False", "GeventLbproxyServerWorker"]
 
 
-def test_the_master_sets_up_hashlib_once_for_every_worker():
-    """OpenSSL's digest setup runs in the master: forked workers never repeat it."""
-    code = (
-        "import sys, app.process.master\n"
-        "app.process.master.import_for_workers()\n"
-        "print('_hashlib' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True"]
-
-
-class Cycle:
-    def __init__(self):
-        self.itself = self
-
-
-def test_before_each_fork_the_master_collects_then_freezes_what_it_holds():
-    try:
-        kept = Cycle()
-        app.process.master.freeze_for_fork()
-        assert gc.get_freeze_count() > 0
-        dropped = weakref.ref(kept)
-        del kept  # garbage while frozen: the next fork's collection frees it
-        app.process.master.freeze_for_fork()
-        assert dropped() is None
-    finally:
-        gc.unfreeze()
 
 
 class RecordingPool:
