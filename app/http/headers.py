@@ -9,6 +9,7 @@ peer sent it, in its order, repeats kept.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from app.http.framing import connection_tokens, lower_names
@@ -85,12 +86,12 @@ def upstream_headers(
     fields = list(fields)
     if names is None:
         names = lower_names(fields)
-    dropped = HOP_BY_HOP | SET_BY_PROXY
+    dropped = _DROPPED_FROM_REQUESTS
     forwarded_for = []
     if "connection" in names or "x-forwarded-for" in names:
         for key, (_, value) in zip(names, fields, strict=True):
             if key == "connection":
-                dropped = dropped | connection_tokens(value)
+                dropped = _with_listed(dropped, value)
             elif key == "x-forwarded-for":
                 forwarded_for.append(value)
     headers = [("Host", host)]
@@ -126,9 +127,24 @@ def response_headers(
     items = list(items)
     if names is None:
         names = lower_names(items)
-    dropped = HOP_BY_HOP | REPLACED_BY_PROXY | also_dropped
+    dropped = _dropped_from_responses(also_dropped)
     if "connection" in names:
         for key, (_, value) in zip(names, items, strict=True):
             if key == "connection":
-                dropped = dropped | connection_tokens(value)
+                dropped = _with_listed(dropped, value)
     return [item for key, item in zip(names, items, strict=True) if key not in dropped]
+
+
+_DROPPED_FROM_REQUESTS = HOP_BY_HOP | SET_BY_PROXY
+_DROPPED_FROM_RESPONSES = HOP_BY_HOP | REPLACED_BY_PROXY
+
+
+@functools.lru_cache(maxsize=8)
+def _dropped_from_responses(also: frozenset[str]) -> frozenset[str]:
+    return _DROPPED_FROM_RESPONSES | also
+
+
+def _with_listed(dropped: frozenset[str], connection: str) -> frozenset[str]:
+    """``dropped`` and the names a Connection header lists (new set only if it adds one)."""
+    listed = connection_tokens(connection)
+    return dropped if listed <= dropped else dropped | listed

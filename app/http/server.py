@@ -109,7 +109,8 @@ class ClientConnection:
         searched = 0
         first = True
         while (end := data.find(b"\r\n\r\n", searched)) < 0:
-            self._check_partial_head(data)
+            if data:
+                self._check_partial_head(data)
             searched = max(0, len(data) - 3)
             # The first wait is the whole client_timeout, the socket's own
             # timeout between requests: no settimeout() calls for it.

@@ -24,6 +24,7 @@ from app.http.framing import ProtocolError, ResponseHead
 from app.http.headers import response_headers
 
 RESPONSE_CHUNK = 64 * 1024
+# The upstream's framing never crosses (client_headers).
 _CONTENT_LENGTH = frozenset({"content-length"})
 
 

@@ -83,8 +83,6 @@ def test_the_master_loads_the_worker_classes_without_gevent():
     assert out.stdout.split() == ["False", "GeventLbproxyServerWorker"]
 
 
-
-
 class RecordingPool:
     """A stand-in for gevent's threadpool: runs the call here, and notes it."""
 
