@@ -76,8 +76,15 @@ _FIELD = re.compile(rf"({_TOKEN}):([\t\x20-\x7e\x80-\xff]*)")
 _OWS = " \t"
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # Every field line of a block at once, each from a line start to its CRLF (the
-# value excludes CR and LF, so no match spans two lines); the value without OWS.
-_FIELD_LINE = re.compile(rf"(?m)^({_TOKEN}):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
+# value excludes CR and LF, so no match spans two lines); the value without the
+# spaces around it. Possessive (``*+``, Python 3.11) so that nothing is tried
+# twice: a lazy value between two runs of spaces backtracked in cubic time on
+# a line that did not match (a line of 8,000 spaces and a bad byte held a
+# worker for minutes). A value ending in spaces does not match here; tabs never
+# reach it (_fast_fields): both go to the line reader, which strips them.
+_FIELD_LINE = re.compile(
+    rf"(?m)^({_TOKEN}):[ ]*+([\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff]*+(?<! ))?)?\r\n"
+)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 
 _FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding"})
@@ -93,13 +100,16 @@ def connection_tokens(value: str | None) -> frozenset[str]:
     tokens = _TOKENS_SEEN.get(value)
     if tokens is None:
         tokens = frozenset(token.strip().lower() for token in value.split(",") if token.strip())
-        if len(_TOKENS_SEEN) < _TOKENS_SEEN_MAX:  # a few values recur: keep-alive, close...
+        # A few short values recur (keep-alive, close, Upgrade): only those are
+        # kept, or a client could park 256 header-sized values in every worker.
+        if len(value) <= _TOKENS_SEEN_LONGEST and len(_TOKENS_SEEN) < _TOKENS_SEEN_MAX:
             _TOKENS_SEEN[value] = tokens
     return tokens
 
 
 _TOKENS_SEEN: dict[str, frozenset[str]] = {}
 _TOKENS_SEEN_MAX = 256
+_TOKENS_SEEN_LONGEST = 64
 
 
 def field_block(fields: Iterable[tuple[str, str]]) -> str:
@@ -307,8 +317,9 @@ def parse_response_head(text: str, method: str) -> ResponseHead:
 def _fast_fields(block: str, line_limit: int | None = None) -> list[tuple[str, str]] | None:
     """The (name, value) fields of a head's header lines, read in one pass; None
     when a line needs the line-by-line reader, which then decides: an invalid
-    line, an obsolete fold, a tab anywhere (refused in framing fields), or a
-    block longer than ``line_limit``, where one of its lines may be.
+    line, an obsolete fold, a tab anywhere (refused in framing fields), a value
+    ending in spaces, or a block longer than ``line_limit``, where one of its
+    lines may be.
 
     Every line matched exactly when the matches, one per CRLF, are as many as
     the block's line feeds (so there is no bare LF either).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from app.http.framing import (
     chunk_size,
     field_block,
     parse_request_head,
+    parse_response_head,
     send_all,
 )
 
@@ -215,6 +218,7 @@ def test_the_one_pass_reader_leaves_every_doubtful_block_to_the_line_reader():
         "Host: a\r\nbad line X: b",  # a line that is no field
         "Transfer-Encoding: chunked\t",  # a tab (refused in framing fields)
         "Host : a",  # space before the colon
+        "Host: a\r\nX: b  ",  # spaces after the value (the line reader strips them)
     ):
         assert _fast_fields(block) is None, block
     assert _fast_fields("X: " + "a" * 60, line_limit=50) is None  # the limit is the line reader's
@@ -225,6 +229,39 @@ def test_lower_names_are_the_names_lower_cased(names):
     from app.http.framing import lower_names
 
     assert lower_names([(name, "v") for name in names]) == [name.lower() for name in names]
+
+
+def test_a_value_ending_in_spaces_is_read_without_them():
+    head = parse("GET / HTTP/1.1", "X-A:   a b  ", "X-B:    ")
+    assert head.headers[1:] == [("X-A", "a b"), ("X-B", "")]
+
+
+@pytest.mark.parametrize(
+    "value", [" " * 60_000 + "\x01", "a" + " " * 60_000 + "\x01", "a " * 30_000 + "\x01"]
+)
+def test_a_long_bad_line_is_refused_without_backtracking(value):
+    # A guard against catastrophic backtracking, not a speed measurement: the
+    # lazy pattern this replaced took minutes on the first value (its time grew
+    # with the cube of the line); a linear scan takes about a millisecond.
+    started = time.perf_counter()
+    with pytest.raises(ProtocolError):
+        parse_response_head(f"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX:{value}", "GET")
+    with pytest.raises(ProtocolError):
+        parse_request_head(
+            f"GET / HTTP/1.1\r\nHost: a\r\nX:{value}", HeadLimits(100, 100_000, 100_000)
+        )
+    assert time.perf_counter() - started < 2
+
+
+def test_connection_tokens_are_remembered_only_for_short_values():
+    from app.http import framing
+
+    long_value = ", ".join(f"option-{n}" for n in range(20))
+    assert len(long_value) > framing._TOKENS_SEEN_LONGEST
+    assert framing.connection_tokens(long_value) == {f"option-{n}" for n in range(20)}
+    assert long_value not in framing._TOKENS_SEEN
+    framing.connection_tokens("Keep-Alive")
+    assert "Keep-Alive" in framing._TOKENS_SEEN
 
 
 def test_connection_tokens_are_remembered_for_a_bounded_number_of_values():
