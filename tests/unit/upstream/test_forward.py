@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 import requests
@@ -121,6 +123,23 @@ def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(short_keepalive_moc
         read(response)
         stale.append(request.stale_retries)
     assert stale == [1, 0, 0]  # counted with the request's retries (app/wsgi.py)
+
+
+def test_a_closed_upstream_connection_is_freed_without_the_cyclic_gc(short_keepalive_mock):
+    host = Host("127.0.0.1", short_keepalive_mock.port)
+    forwarder, pool = forwarder_for(host)
+    read(forwarder.send(host, get(), Timeout()))
+    connection = pool.idle.pop()
+    urllib3_connection = weakref.ref(connection.conn)
+    gc.disable()  # only reference counting may free it
+    try:
+        connection.close()
+        with pytest.raises(OSError):
+            connection.stream.read_eof(1)  # a read after close fails as a closed socket's
+        del connection
+        assert urllib3_connection() is None
+    finally:
+        gc.enable()
 
 
 def test_idle_connections_older_than_the_idle_timeout_are_not_reused(short_keepalive_mock):
