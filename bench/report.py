@@ -141,6 +141,7 @@ def derive(data: dict) -> None:
             "rps_100": hundred["rps"] if hundred else None,
             "ratio_100": hundred["ratio_haproxy"] if hundred else None,
             "cpu_100": hundred["cpu_us_per_req"] if hundred else None,
+            "rss_100_mib": hundred["rss_kib"] / MIB if hundred else None,
             "rss_max_mib": max(row["rss_kib"] for row in mine) / MIB,
             "pss_max_mib": max(row["pss_kib"] for row in mine) / MIB,
             "errors_400": (four["errors_total"] + four["errors"]["timeout"]) if four else None,
@@ -285,10 +286,12 @@ def targets_22(data: dict) -> list[dict]:
     out.append({"target": "workers split within 60/40 at 100 and 400 connections, every run",
                 "figure": figure if shares else "not measured",
                 "met": max(shares) <= MAX_SHARE if complete else None})  # fmt: skip
-    rss = mine.get("rss_max_mib")
-    out.append({"target": "≤ 90 MiB RSS, master + 2 workers",
-                "figure": f"{rss:.0f} MiB" if rss is not None else "not measured",
-                "met": rss <= 90 if rss is not None else None})  # fmt: skip
+    # At 100 connections, as the issue sets it; the run's peak (400 or 1000
+    # connections, 1 MiB bodies) is shown beside it.
+    rss, peak = mine.get("rss_100_mib"), mine.get("rss_max_mib")
+    figure = f"{rss:.1f} MiB (peak of the run {peak:.0f})" if rss is not None else "not measured"
+    out.append({"target": "≤ 90 MiB RSS, master + 2 workers, at 100 connections",
+                "figure": figure, "met": rss <= 90 if rss is not None else None})  # fmt: skip
     return out
 
 
