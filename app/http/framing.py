@@ -79,9 +79,9 @@ _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # value excludes CR and LF, so no match spans two lines); the value without the
 # spaces around it. Possessive (``*+``, Python 3.11) so that nothing is tried
 # twice: a lazy value between two runs of spaces backtracked in cubic time on
-# a line that did not match (a line of 8,000 spaces and a bad byte held a
-# worker for minutes). A value ending in spaces does not match here; tabs never
-# reach it (_fast_fields): both go to the line reader, which strips them.
+# a long line that did not match, holding the worker. A value ending in spaces
+# does not match here; tabs never reach it (_fast_fields): both go to the line
+# reader, which strips them.
 _FIELD_LINE = re.compile(
     rf"(?m)^({_TOKEN}):[ ]*+([\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff]*+(?<! ))?)?\r\n"
 )

@@ -118,9 +118,9 @@ class UpstreamConnection:
         self.conn.close()
         # The stream reads through this connection's own recv: a reference cycle,
         # freed only by a full collection of the cyclic GC, which a worker runs
-        # minutes apart. Where upstreams close idle connections, the closed ones
-        # piled up in between (RSS +1.5 MiB per worker over a 10-minute JMeter
-        # run). The closed socket's recv keeps a read after close an OSError.
+        # minutes apart, so closed connections piled up in between where upstreams
+        # close idle ones (docs/bench.md, "Where the memory goes"). The closed
+        # socket's recv keeps a read after close an OSError.
         self.stream.recv = self.sock.recv
 
 
