@@ -65,12 +65,17 @@ log = logging.getLogger("gunicorn.error")
 class Server:
     """What every connection of one listener shares."""
 
-    def __init__(self, app, base_environ: dict, limits: HeadLimits, timeout: float, worker):
+    def __init__(
+        self, app, base_environ: dict, limits: HeadLimits, timeout: float, worker, turns=None
+    ):
         self.app = app
         self.base_environ = base_environ
         self.limits = limits
         self.timeout = timeout
         self.worker = worker  # .alive turns False when the worker stops; .nr counts requests
+        # app/process/turns.py in a gevent worker: .polls counts the event loop's
+        # polls, .pause() yields to the other connections. None: no turns (threads).
+        self.turns = turns
 
     def serve(self, sock, addr) -> None:
         environ = dict(self.base_environ)
@@ -91,8 +96,15 @@ class ClientConnection:
             self.sock.settimeout(self.server.timeout)
             # A stopping worker still answers a request sent on a connection it
             # kept alive (with "Connection: close"): closing under it would reset it.
-            while (head := self._read_head()) is not None and self._respond(head):
-                pass
+            turns = self.server.turns
+            while True:
+                polls = turns.polls if turns is not None else -1
+                if (head := self._read_head()) is None or not self._respond(head):
+                    break
+                if turns is not None and turns.polls == polls:
+                    # The whole request went by without the loop polling once:
+                    # the other connections get their turn before the next one.
+                    turns.pause()
         except ProtocolError as error:
             self._refuse(error)
         except OSError:

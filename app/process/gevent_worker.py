@@ -41,6 +41,7 @@ from app.http.framing import HeadLimits
 from app.http.server import SERVER_NAME, Server
 from app.http.tls import handshake, is_tls, server_context
 from app.process.accept import Fairness, FairServer
+from app.process.turns import gevent_turns
 
 ACCEPT_BATCH = 64
 
@@ -172,7 +173,10 @@ class GeventLbproxyServerWorker(GeventGunicornServerWorker):
 
     gunicorn's process model, signals, limits and logging stay; only the
     reading of requests and writing of responses is app/http/server.py's.
+    Its connections take turns (app/process/turns.py).
     """
+
+    turns = None  # made with the first listener's handler, after the fork
 
     def handler_for(self, listener, environ: dict):
         host, port = listener.getsockname()[:2]
@@ -189,4 +193,6 @@ class GeventLbproxyServerWorker(GeventGunicornServerWorker):
             header_count=self.cfg.limit_request_fields,
             header_size=self.cfg.limit_request_field_size,
         )
-        return Server(self.wsgi, environ, limits, self.cfg.keepalive, self).serve
+        if self.turns is None:
+            self.turns = gevent_turns()  # one for the worker: every listener's connections
+        return Server(self.wsgi, environ, limits, self.cfg.keepalive, self, self.turns).serve

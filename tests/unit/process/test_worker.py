@@ -120,3 +120,26 @@ def test_each_stand_in_names_a_gevent_worker():
         real = getattr(app.process.gevent_worker, stand_in.gevent_class)
         assert real.__name__ == "Gevent" + name
         assert issubclass(real, ggevent.GeventWorker)
+
+
+def test_the_lbproxy_worker_gives_every_listener_one_turns():
+    """Connections take turns across the worker (app/process/turns.py), whatever
+    listener they came in on."""
+    worker = GeventLbproxyServerWorker.__new__(GeventLbproxyServerWorker)
+    worker.cfg = SimpleNamespace(
+        limit_request_line=8190,
+        limit_request_fields=100,
+        limit_request_field_size=8190,
+        keepalive=5,
+    )
+    worker.wsgi = lambda environ, start_response: []
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    try:
+        handlers = [worker.handler_for(listener, {}) for listener in listeners]
+        servers = [handler.__self__ for handler in handlers]
+        assert servers[0].turns is not None
+        assert servers[0].turns is servers[1].turns is worker.turns
+    finally:
+        worker.turns.close()
+        for listener in listeners:
+            listener.close()
