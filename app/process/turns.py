@@ -8,14 +8,18 @@ after request while the worker's other connections, ready too, wait for the
 loop to poll again. Their latency is then set by the busiest connection, not by
 the load: the more work a request does between its reads (the access log, the
 metrics), the longer such runs last. asyncio and nginx give every ready
-connection one callback per loop iteration; this gives every connection at most
-one request per turn. docs/bench.md ("Taking turns") has the measurements.
+connection one callback per loop iteration; here a connection ends its turn
+after each request. docs/bench.md ("Taking turns") has the measurements.
 
-The count of polls comes from a ``prepare`` watcher, which gevent's loop (libev
-or libuv) runs before each poll. A greenlet that waited for its socket at any
-point of the request let the loop poll, so it does not yield again; one that
-never waited does, with ``gevent.sleep(0)``: it is resumed after the other
-greenlets the same poll woke.
+The polls are counted by a ``check`` watcher, which gevent's loop (libev or
+libuv) runs right after each poll, before anything that poll woke: a greenlet
+that waited for its socket or a timer at any point of the request was woken by
+a later poll than the one it started under, and does not yield again. One that
+never waited yields with ``gevent.sleep(0)``: it goes to the back of the
+greenlets gevent has queued to run. gevent leaves those to poll again once its
+switch interval (5 ms) has passed, checked every 50 of them, so connections
+that wait for a poll get their turn within about that long. (A wait that another greenlet ends
+without a poll, on a lock or an event, yields once more: harmless.)
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class Turns:
         self.polls = 0
         self.pause = pause
         # ref=False: the watcher alone does not keep the loop running.
-        self._watcher = loop.prepare(ref=False)
+        self._watcher = loop.check(ref=False)
         self._watcher.start(self._polled)
 
     def _polled(self) -> None:

@@ -41,6 +41,46 @@ def test_a_closed_turns_counts_no_more():
     assert turns.polls == 0
 
 
+class Pauses:
+    """A pause that counts instead of yielding."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self):
+        self.count += 1
+
+
+def serve_pipelined(turns: Turns, count: int, wait_in_app: bool) -> None:
+    """One connection, ``count`` requests ready in its socket, then its end."""
+
+    def app(environ, start_response):
+        if wait_in_app:
+            gevent.sleep(0.001)  # as a request waiting for its upstream does
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = Server(app, {"SERVER_NAME": "x", "SERVER_PORT": "80"}, LIMITS, 5.0, Worker(), turns)
+    ours, theirs = gevent.socket.socketpair()
+    theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * count)
+    theirs.shutdown(gevent.socket.SHUT_WR)
+    gevent.spawn(server.serve, ours, ("127.0.0.1", 1)).join(timeout=5)
+    theirs.close()
+
+
+def test_a_request_that_never_waited_ends_with_a_pause_and_one_that_waited_without():
+    pauses = Pauses()
+    turns = Turns(gevent.get_hub().loop, pauses)
+    try:
+        serve_pipelined(turns, 5, wait_in_app=False)
+        assert pauses.count == 5
+        pauses.count = 0
+        serve_pipelined(turns, 5, wait_in_app=True)
+        assert pauses.count == 0
+    finally:
+        turns.close()
+
+
 def serve_two_connections(turns: Turns | None) -> list[str]:
     """Connection "a" has PIPELINED requests waiting in its socket, "b" one;
     both are served by one server in this hub. The order the app saw them in."""

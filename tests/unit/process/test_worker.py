@@ -140,6 +140,7 @@ def test_the_lbproxy_worker_gives_every_listener_one_turns():
         assert servers[0].turns is not None
         assert servers[0].turns is servers[1].turns is worker.turns
     finally:
-        worker.turns.close()
+        if worker.turns is not None:
+            worker.turns.close()
         for listener in listeners:
             listener.close()
