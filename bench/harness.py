@@ -366,6 +366,28 @@ def foreign_load(seconds: float) -> float:
     return max(0.0, 100.0 * foreign / (elapsed * (os.cpu_count() or 1)))
 
 
+HOST_PROBE_LOOP = 300_000  # iterations of the probe's loop: some 30 ms on this VM
+HOST_PROBE_TRIES = 5
+
+
+def host_probe_ms() -> float:
+    """The fastest of a few timings of one fixed pure-Python loop, in ms.
+
+    Other processes in the machine show in /proc (``foreign_load``); a host
+    that gives the whole VM less CPU does not (steal time can stay near 0),
+    yet it slows every process alike: the same loop then takes longer. The
+    fastest of the tries leaves out a moment's interruption.
+    """
+    best = float("inf")
+    for _ in range(HOST_PROBE_TRIES):
+        start = time.perf_counter()
+        total = 0
+        for number in range(HOST_PROBE_LOOP):
+            total += number * number
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
+
+
 def wait_for_quiet(limit: int) -> dict:
     """Sample the machine's other load; wait (up to limit s) until it is below QUIET_PCT."""
     deadline = time.monotonic() + limit
@@ -696,6 +718,11 @@ class Runner:
         self.tls_files: tls.Files | None = None  # made by the first TLS session
         self.echo: Spawned | None = None  # the WebSocket echo upstream: the first ws session's
         self.echo_port = 0
+        # The host's speed before each session and at the end (``host_probe_ms``).
+        self.host_probes: list[dict] = []
+
+    def probe_host(self, before: str) -> None:
+        self.host_probes.append({"before": before, "ms": host_probe_ms()})
 
     def certificate(self) -> tls.Files:
         if self.tls_files is None:
@@ -765,6 +792,7 @@ class Runner:
             self.sessions.append(session)
             home = self.tmp / peer.name
         running = Running()
+        self.probe_host(f"{peer.name}, round {repeat}" if repeat > 1 else peer.name)
         try:
             self.start_peer(peer, home, record, running)
             self.log(f"{peer.label}: {record['command']}")
@@ -1111,6 +1139,8 @@ def run(options: Options) -> dict:
         finally:
             signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, previous)
+        runner.probe_host("end")
+        data["host_probes"] = runner.host_probes
         data["elapsed_s"] = round(time.monotonic() - started, 1)
         data["machine"]["loadavg_after"] = os.getloadavg()
         data["results"] = runner.rows

@@ -745,6 +745,33 @@ def targets_table(data: dict, key: str = "targets") -> list[str]:
     return _table([f"target ({_label(data, TARGET_PEER)})", "figure", "status"], lines)
 
 
+HOST_SLOWED = 1.15  # the slowest host probe over the fastest: beyond, the host slowed the run
+
+
+def host_line(probes: list[dict]) -> list[str]:
+    """The host's speed over the run, from the probes before each session."""
+    if not probes:
+        return []
+    times = [probe["ms"] for probe in probes]
+    fastest, slowest = min(times), max(times)
+    spread = slowest / fastest if fastest > 0 else 1.0
+    if spread <= HOST_SLOWED:
+        verdict = f"steady (within {HOST_SLOWED - 1:.0%})"
+    else:
+        worst = max(probes, key=lambda probe: probe["ms"])["before"]
+        verdict = (
+            f"**the host slowed part of the run**: the slowest probe (before {worst}) "
+            f"took {spread - 1:.0%} longer than the fastest, while the VM's other "
+            "processes do not show it; compare figures of one session, or the repeats' "
+            "min–max, rather than sessions far apart"
+        )
+    return [
+        f"- host speed: a fixed Python loop took {times[0]} ms before the first session "
+        f"and {times[-1]} ms at the end, {fastest}–{slowest} ms over {len(times)} "
+        f"probes → {verdict}"
+    ]
+
+
 def headline(data: dict) -> list[str]:
     m, v, o = data["machine"], data["versions"], data["options"]
     load = data.get("load_before", {})
@@ -774,6 +801,7 @@ def headline(data: dict) -> list[str]:
         f"{m.get('loadavg_after', [0])[0]:.2f} after; CPU used by other processes during "
         f"the measured runs: mean {sum(foreign) / max(1, len(foreign)):.1f}%, max {busy:.1f}% "
         f"of the machine → {verdict}",
+        *host_line(data.get("host_probes", [])),
     ]
 
 

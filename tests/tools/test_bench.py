@@ -111,6 +111,31 @@ def test_smoke_lbproxy_variants_are_labelled(smoke):
         assert session["label"] in text
 
 
+def test_smoke_probes_the_hosts_speed_before_each_session_and_at_the_end(smoke):
+    data = smoke["data"]
+    probes = data["host_probes"]
+    assert [p["before"] for p in probes] == [s["peer"] for s in data["sessions"]] + ["end"]
+    assert all(p["ms"] > 0 for p in probes)
+    assert "- host speed: a fixed Python loop took" in (smoke["out"] / "latest.md").read_text()
+
+
+def test_the_report_tells_a_steady_host_from_one_that_slowed():
+    def probes(*times):
+        names = ["direct", "haproxy", "lbproxy-2w", "end"]
+        return [{"before": name, "ms": ms} for name, ms in zip(names, times, strict=True)]
+
+    (steady,) = report.host_line(probes(30.0, 31.0, 33.0, 30.5))
+    assert "30.0–33.0 ms over 4 probes → steady" in steady
+    (slowed,) = report.host_line(probes(30.0, 31.0, 45.0, 30.5))
+    assert "**the host slowed part of the run**" in slowed
+    assert "before lbproxy-2w" in slowed and "50% longer" in slowed
+    assert report.host_line([]) == []  # a run from before the probes renders as it did
+
+
+def test_the_host_probe_times_its_loop():
+    assert 0 < harness.host_probe_ms() < 5_000
+
+
 @pytest.mark.slow
 def test_smoke_leaves_no_process_running(smoke):
     data = smoke["data"]
