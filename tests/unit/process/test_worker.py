@@ -24,10 +24,9 @@ from app.process.gevent_worker import (
 )
 
 
-@pytest.mark.parametrize("worker_class", [GeventGunicornServerWorker, GeventLbproxyServerWorker])
-def test_gunicorns_server_class_hook_builds_a_batch_accepting_server(worker_class):
-    listener = socket.create_server(("127.0.0.1", 0))
-    worker = worker_class.__new__(worker_class)  # no process: only what server_class reads
+def unstarted(worker_class):
+    """A worker object with no process: only what server_class and handler_for read."""
+    worker = worker_class.__new__(worker_class)
     worker.cfg = SimpleNamespace(
         limit_request_line=8190,
         limit_request_fields=100,
@@ -35,6 +34,13 @@ def test_gunicorns_server_class_hook_builds_a_batch_accepting_server(worker_clas
         keepalive=5,
     )
     worker.wsgi = lambda environ, start_response: []
+    return worker
+
+
+@pytest.mark.parametrize("worker_class", [GeventGunicornServerWorker, GeventLbproxyServerWorker])
+def test_gunicorns_server_class_hook_builds_a_batch_accepting_server(worker_class):
+    listener = socket.create_server(("127.0.0.1", 0))
+    worker = unstarted(worker_class)
     try:
         # Exactly the call ggevent.GeventWorker.run makes (pinned below).
         server = worker.server_class(
@@ -125,14 +131,7 @@ def test_each_stand_in_names_a_gevent_worker():
 def test_the_lbproxy_worker_gives_every_listener_one_turns():
     """Connections take turns across the worker (app/process/turns.py), whatever
     listener they came in on."""
-    worker = GeventLbproxyServerWorker.__new__(GeventLbproxyServerWorker)
-    worker.cfg = SimpleNamespace(
-        limit_request_line=8190,
-        limit_request_fields=100,
-        limit_request_field_size=8190,
-        keepalive=5,
-    )
-    worker.wsgi = lambda environ, start_response: []
+    worker = unstarted(GeventLbproxyServerWorker)
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     try:
         handlers = [worker.handler_for(listener, {}) for listener in listeners]
