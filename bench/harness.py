@@ -366,7 +366,7 @@ def foreign_load(seconds: float) -> float:
     return max(0.0, 100.0 * foreign / (elapsed * (os.cpu_count() or 1)))
 
 
-HOST_PROBE_LOOP = 300_000  # iterations of the probe's loop: some 30 ms on this VM
+HOST_PROBE_LOOP = 300_000  # iterations of the probe's loop: tens of ms, not a whole second
 HOST_PROBE_TRIES = 5
 
 

@@ -18,8 +18,9 @@ a later poll than the one it started under, and does not yield again. One that
 never waited yields with ``gevent.sleep(0)``: it goes to the back of the
 greenlets gevent has queued to run. gevent leaves those to poll again once its
 switch interval (5 ms) has passed, checked every 50 of them, so connections
-that wait for a poll get their turn within about that long. (A wait that another greenlet ends
-without a poll, on a lock or an event, yields once more: harmless.)
+that wait for a poll get their turn within about that long. (A wait that
+another greenlet ends without a poll, on a lock or an event, yields once more:
+harmless.)
 """
 
 from __future__ import annotations
