@@ -9,8 +9,17 @@ FROM python:3.11.14-slim-bookworm AS runtime
 
 # No PYTHONUNBUFFERED: the access log flushes itself each second; unbuffered,
 # a stdout log would cost a write() per request.
+# PYTHONOPTIMIZE=2 (python -OO): no docstrings in memory (docs/deploy.md,
+# "Memory"). Its bytecode is compiled at build time, below and by pip at this
+# level for what it installs: the image's uid cannot write any.
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONOPTIMIZE=2 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The base image ships its standard library without bytecode: each process would
+# compile every module it imports, at every start, and keep the compiler's
+# leftovers in memory.
+RUN python -m compileall -q -o 2 /usr/local/lib/python3.11
 
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it.
 RUN groupadd --system --gid 10001 lbproxy \

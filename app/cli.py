@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None, prog: str = "lbproxy") -> int:
 
         if not config_reference.OUTPUT.parent.is_dir():
             parser.error("config-reference rewrites docs/ of a checkout; this is an installed copy")
+        if sys.flags.optimize >= 2:  # the schema's blocks are described by their docstrings
+            parser.error("config-reference needs docstrings: run it without PYTHONOPTIMIZE=2")
         print(f"wrote {config_reference.write()}")
         return 0
     return check_file(args.path)

@@ -720,6 +720,7 @@ class Runner:
         self.echo_port = 0
         # The host's speed before each session and at the end (``host_probe_ms``).
         self.host_probes: list[dict] = []
+        self.bytecode: dict | None = None  # lbproxy's, compiled before its first session
 
     def probe_host(self, before: str) -> None:
         self.host_probes.append({"before": before, "ms": host_probe_ms()})
@@ -816,6 +817,10 @@ class Runner:
             running.port, running.process = self.upstream_port, self.upstream
             record["command"] = "(no proxy: wrk to the upstream nginx)"
             return
+        if peer.kind == "lbproxy" and self.bytecode is None:
+            started = time.monotonic()
+            complete = peers.compile_lbproxy_bytecode()
+            self.bytecode = {"complete": complete, "seconds": round(time.monotonic() - started, 1)}
         running.port = port = free_port()
         extra = {
             "admin_port": free_port(),
@@ -1141,6 +1146,7 @@ def run(options: Options) -> dict:
             signal.signal(signal.SIGTERM, previous)
         runner.probe_host("end")
         data["host_probes"] = runner.host_probes
+        data["lbproxy_bytecode"] = runner.bytecode
         data["elapsed_s"] = round(time.monotonic() - started, 1)
         data["machine"]["loadavg_after"] = os.getloadavg()
         data["results"] = runner.rows

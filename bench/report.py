@@ -802,7 +802,20 @@ def headline(data: dict) -> list[str]:
         f"the measured runs: mean {sum(foreign) / max(1, len(foreign)):.1f}%, max {busy:.1f}% "
         f"of the machine → {verdict}",
         *host_line(data.get("host_probes", [])),
+        *bytecode_line(data.get("lbproxy_bytecode")),
     ]
+
+
+def bytecode_line(bytecode: dict | None) -> list[str]:
+    """lbproxy runs as its image does, from level-2 bytecode compiled beforehand."""
+    if bytecode is None:
+        return []
+    state = (
+        "complete"
+        if bytecode["complete"]
+        else "**incomplete**: a module compiled in each process adds to lbproxy's memory"
+    )
+    return [f"- lbproxy: python -OO from bytecode compiled before its first session ({state})"]
 
 
 MICRO_STEPS = {

@@ -27,8 +27,12 @@ class MockServer(BaseApplication):
         return self.app
 
 
+# Not __doc__: the images run with PYTHONOPTIMIZE=2, which drops docstrings.
+DESCRIPTION = "Start one mock instance."
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mock", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mock", description=DESCRIPTION)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--name", help="identity shown in answers (default: mock-PORT)")

@@ -8,6 +8,7 @@ is gone. No timing threshold is asserted: the figures depend on the machine.
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
 import signal
@@ -117,6 +118,19 @@ def test_smoke_probes_the_hosts_speed_before_each_session_and_at_the_end(smoke):
     assert [p["before"] for p in probes] == [s["peer"] for s in data["sessions"]] + ["end"]
     assert all(p["ms"] > 0 for p in probes)
     assert "- host speed: a fixed Python loop took" in (smoke["out"] / "latest.md").read_text()
+
+
+def test_smoke_runs_lbproxy_from_level_2_bytecode(smoke, monkeypatch):
+    """As its image does: each module lbproxy imports is there, compiled for -OO."""
+    assert smoke["data"]["lbproxy_bytecode"]["complete"] is True
+    text = (smoke["out"] / "latest.md").read_text()
+    assert "- lbproxy: python -OO from bytecode compiled before its first session (complete)" in (
+        text
+    )
+    monkeypatch.setattr(sys, "pycache_prefix", str(peers.LBPROXY_PYCACHE))
+    gevent = importlib.util.find_spec("gevent").origin
+    for source in (gevent, os.__file__, str(REPO / "app" / "wsgi.py")):
+        assert Path(importlib.util.cache_from_source(source, optimization=2)).is_file(), source
 
 
 def test_the_report_tells_a_steady_host_from_one_that_slowed():
@@ -615,6 +629,9 @@ def test_lbproxy_off_is_off_and_on_logs_to_a_file(tmp_path, monkeypatch):
     assert on.env["GUNICORN_CMD_ARGS"] == f"--access-logfile {log}"
     assert (on.env["STATSD_HOST"], on.env["STATSD_PORT"]) == ("127.0.0.1", "18083")
     assert "PROXY_ACCESS_LOG" not in on.env
+    for launched in (on, off):  # as the image runs it
+        assert launched.env["PYTHONOPTIMIZE"] == "2"
+        assert launched.env["PYTHONPYCACHEPREFIX"] == str(peers.LBPROXY_PYCACHE)
     output = tmp_path / "off.log"
     output.write_text('[INFO] Booting worker\n{"status": 200, "uri": "/1k"}\n{"other": 1}\n')
     assert harness.off_seen(output) == {"access_log_lines": 1}

@@ -6,7 +6,8 @@ COPY steps are replayed into a directory of its own that stands for the image's
 root (the build context filtered by .dockerignore, as `docker build` sends
 it), its ``RUN pip install`` steps into a fresh venv that stands for the base
 image's Python (only what the image installs: requirements.txt and the
-package), and its ENV, WORKDIR and USER are kept. Then its ENTRYPOINT + CMD runs
+package), its ``RUN python -m compileall`` on that venv's library, and its
+ENV, WORKDIR and USER are kept. Then its ENTRYPOINT + CMD runs
 there as the image's non-root uid (setpriv), with the image's environment only,
 in a network namespace of its own (the fixed ports and 0.0.0.0 binds of the
 images touch nothing of the machine's), and the HEALTHCHECK command must exit 0.
@@ -14,6 +15,7 @@ images touch nothing of the machine's), and the HEALTHCHECK command must exit 0.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 PATH = "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_SETUP = ("groupadd ", "useradd ")  # RUN steps that only make the image's user
+IMAGE_PYTHON_LIB = f"/usr/local/lib/python{sys.version_info.major}.{sys.version_info.minor}"
 
 
 @dataclass
@@ -58,6 +61,13 @@ class Assembled:
         mapped = [str(self.path(a)) if a.startswith("/") and self.path(a).exists() else a
                   for a in command[1:]]  # fmt: skip
         return [program, *mapped]
+
+    def python_path(self, word: str) -> str:
+        """The base image's Python library is the stand-in venv's: only its own part
+        (site-packages) is here, the host's standard library is not the image's."""
+        if word.startswith(IMAGE_PYTHON_LIB):
+            return str(self.python.parent / "lib" / word[len("/usr/local/lib/") :])
+        return word
 
     def environment(self) -> dict[str, str]:
         """The image's ENV only (absolute paths into the root), and its PATH."""
@@ -153,8 +163,11 @@ class Builder:
         if arguments.startswith(USER_SETUP):
             return  # the uid is given to setpriv directly: no passwd entry needed
         words = arguments.split()
-        assert words[:2] == ["pip", "install"], f"RUN {arguments}: not replayed here"
-        command = [str(image.python / "pip"), "install", "--quiet", *image.argv(words)[2:]]
+        if words[:3] == ["python", "-m", "compileall"]:
+            command = [str(image.python / "python"), *map(image.python_path, words[1:])]
+        else:
+            assert words[:2] == ["pip", "install"], f"RUN {arguments}: not replayed here"
+            command = [str(image.python / "pip"), "install", "--quiet", *image.argv(words)[2:]]
         result = subprocess.run(
             command, cwd=image.path(image.workdir), capture_output=True, text=True, timeout=600,
             env={**os.environ, **image.environment()},
@@ -223,6 +236,21 @@ def test_the_images_hold_only_the_runtime_requirements(builder):
     names = {entry["name"].lower() for entry in json.loads(listed)}
     assert {"gunicorn", "gevent", "lbproxy"} <= names
     assert not names & {"pytest", "ruff", "responses", "httptools", "h11", "hypothesis"}
+
+
+def test_the_images_hold_bytecode_at_the_level_they_run(builder):
+    """PYTHONOPTIMIZE=2 saves memory only where its bytecode is there: the image's
+    uid cannot write it, so a missing file is compiled in every process at every
+    start."""
+    image = builder.build("proxy")
+    level = int(image.env["PYTHONOPTIMIZE"])
+    assert level == 2
+    site = next((image.python.parent / "lib").glob("python3.*/site-packages"))
+    packages = ("app", "mock", "gunicorn", "gevent", "requests", "urllib3", "prometheus_client")
+    sources = [path for name in packages for path in (site / name).rglob("*.py")]
+    compiled = (importlib.util.cache_from_source(str(path), optimization=level) for path in sources)
+    missing = [path for path in compiled if not Path(path).exists()]
+    assert len(sources) > 100 and not missing, missing[:5]
 
 
 def test_the_mock_stage_serves_and_its_healthcheck_passes(builder, namespace):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 from app import config, config_reference
 from app.__main__ import main
@@ -48,3 +50,12 @@ def test_the_cli_rewrites_the_file(tmp_path, monkeypatch, capsys):
     assert main(["config-reference"]) == 0
     assert target.read_text() == config_reference.render()
     assert str(target) in capsys.readouterr().out
+
+
+def test_the_cli_refuses_without_docstrings():
+    """Under -OO (as the images run) the blocks' docstrings are gone: no rewrite
+    with empty meanings."""
+    done = subprocess.run([sys.executable, "-OO", "-m", "app", "config-reference"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "needs docstrings" in done.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
+import sys
 
 from mock.echo import EchoApp
 
@@ -60,3 +62,11 @@ def test_served_counts_requests():
     app(dict(environ), lambda *a: None)
     body = b"".join(app(dict(environ), lambda *a: None))
     assert json.loads(body)["served"] == 2
+
+
+def test_the_command_line_works_without_docstrings():
+    """The mock image runs with PYTHONOPTIMIZE=2, which drops __doc__."""
+    done = subprocess.run([sys.executable, "-OO", "-m", "mock", "--help"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Start one mock instance." in done.stdout
