@@ -37,6 +37,7 @@ from pathlib import Path
 
 from bench import load, micro, peers, report, tls, wsload
 from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
+from devkit.lbproxy import compile_image_bytecode
 from devkit.processes import (
     CLOCK_TICKS,
     Registry,
@@ -819,7 +820,7 @@ class Runner:
             return
         if peer.kind == "lbproxy" and self.bytecode is None:
             started = time.monotonic()
-            complete = peers.compile_lbproxy_bytecode()
+            complete = compile_image_bytecode(peers.LBPROXY_GUNICORN.with_name("python"))
             self.bytecode = {"complete": complete, "seconds": round(time.monotonic() - started, 1)}
         running.port = port = free_port()
         extra = {

@@ -40,7 +40,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,19 +47,12 @@ from pathlib import Path
 import yaml
 
 from bench import tls
+from devkit.lbproxy import image_python_env
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS_VENV = REPO / "bench" / ".venv-peers"
 PLUGINS = REPO / "bench" / "plugins"
 LBPROXY_GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
-
-# lbproxy runs as its image does (Dockerfile): PYTHONOPTIMIZE=2, from bytecode
-# compiled beforehand. A pycache prefix of the bench's own holds it for the
-# standard library too, which a distribution's Python has at level 0 only; a
-# module without it would be compiled in every process and skew the memory.
-LBPROXY_OPTIMIZE = 2
-LBPROXY_PYCACHE = REPO / ".venv" / "pycache-opt2"
-COMPILE_SKIPS = r"/(test|tests|idle_test|site-packages)/"  # of the standard library
 
 BODIES = {"/1k": 1024, "/100k": 100 * 1024, "/1m": 1024 * 1024}
 BENCH_DOMAIN = "bench.test"
@@ -464,27 +456,6 @@ def lbproxy_config(
     return document
 
 
-def compile_lbproxy_bytecode() -> bool:
-    """Fill LBPROXY_PYCACHE for lbproxy's Python (.venv): its standard library,
-    its packages, app and mock. A later call recompiles only what changed."""
-    script = (
-        "import compileall, re, sys, sysconfig\n"
-        "paths, workers = sysconfig.get_paths(), int(sys.argv[1])\n"
-        "done = [compileall.compile_dir(paths['stdlib'], quiet=2, optimize=2, workers=workers,\n"
-        "                               rx=re.compile(sys.argv[2]))]\n"
-        "for path in (paths['purelib'], 'app', 'mock'):\n"
-        "    done.append(compileall.compile_dir(path, quiet=2, optimize=2, workers=workers))\n"
-        "sys.exit(0 if all(done) else 1)\n"
-    )
-    # In parallel the first time; a pool costs more than it saves once all is compiled.
-    workers = "1" if LBPROXY_PYCACHE.is_dir() else "0"
-    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(LBPROXY_PYCACHE))
-    python = str(LBPROXY_GUNICORN.with_name("python"))
-    done = subprocess.run([python, "-c", script, workers, COMPILE_SKIPS],
-                          cwd=REPO, env=env, capture_output=True, timeout=600)  # fmt: skip
-    return done.returncode == 0
-
-
 def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, extra: dict):
     config = home / "proxy.yaml"
     files = extra["tls"] if peer.tls else None
@@ -503,8 +474,7 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
     for key in FEATURE_ENV:
         env.pop(key, None)
     env["PROXY_CONFIG"] = str(config)
-    env["PYTHONOPTIMIZE"] = str(LBPROXY_OPTIMIZE)
-    env["PYTHONPYCACHEPREFIX"] = str(LBPROXY_PYCACHE)
+    env.update(image_python_env())  # compiled by the harness before the first session
     if peer.workers is None:
         env.pop("PROXY_WORKERS", None)
     else:

@@ -8,7 +8,8 @@
 Steps: install JMeter if missing (scripts/install/jmeter.sh); compile the
 XStream launcher (jmeter/XStreamLauncher.java, into jmeter/.build/); with
 --start, start the mocks and the proxy (gunicorn, --workers of them, on
---config) and stop them by PID at the end; run JMeter non-GUI with CSV results
+--config, run as its image runs it: python -OO from bytecode compiled
+beforehand, devkit/lbproxy.py) and stop them by PID at the end; run JMeter non-GUI with CSV results
 while sampling the proxy's memory (RSS and PSS of the gunicorn master and
 workers, from /proc); print a summary and a verdict.
 
@@ -49,7 +50,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from devkit import processes  # noqa: E402
-from devkit.lbproxy import Proxy, start_mock  # noqa: E402
+from devkit.lbproxy import (  # noqa: E402
+    Proxy,
+    compile_image_bytecode,
+    image_python_env,
+    start_mock,
+)
 
 VENV_BIN = REPO / ".venv" / "bin"
 INSTALLER = REPO / "scripts" / "install" / "jmeter.sh"
@@ -332,9 +338,13 @@ class Stack:
                 log = self.results / f"{name}.log"
                 mock = start_mock(name, int(port), label=name, python=python, log=log, timeout=20)
                 self.started.add(mock)
+            # As its image runs it: -OO, from bytecode compiled beforehand.
+            if not compile_image_bytecode(python):
+                raise SetupError("could not compile the proxy's bytecode (devkit/lbproxy.py)")
             self.proxy = Proxy(
                 config,
                 workers,
+                image_python_env(),
                 ports=(listen[1], admin[1]),
                 gunicorn=VENV_BIN / "gunicorn",
                 log=self.results / "proxy.log",

@@ -25,6 +25,7 @@ from app.config import parse_config
 from bench import harness, load, peers, report, tls, wsload
 from bench.__main__ import parse_args
 from devkit import processes
+from devkit.lbproxy import IMAGE_PYCACHE
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_CONNECTIONS = (1, 100)
@@ -127,7 +128,7 @@ def test_smoke_runs_lbproxy_from_level_2_bytecode(smoke, monkeypatch):
     assert "- lbproxy: python -OO from bytecode compiled before its first session (complete)" in (
         text
     )
-    monkeypatch.setattr(sys, "pycache_prefix", str(peers.LBPROXY_PYCACHE))
+    monkeypatch.setattr(sys, "pycache_prefix", str(IMAGE_PYCACHE))
     gevent = importlib.util.find_spec("gevent").origin
     for source in (gevent, os.__file__, str(REPO / "app" / "wsgi.py")):
         assert Path(importlib.util.cache_from_source(source, optimization=2)).is_file(), source
@@ -631,7 +632,7 @@ def test_lbproxy_off_is_off_and_on_logs_to_a_file(tmp_path, monkeypatch):
     assert "PROXY_ACCESS_LOG" not in on.env
     for launched in (on, off):  # as the image runs it
         assert launched.env["PYTHONOPTIMIZE"] == "2"
-        assert launched.env["PYTHONPYCACHEPREFIX"] == str(peers.LBPROXY_PYCACHE)
+        assert launched.env["PYTHONPYCACHEPREFIX"] == str(IMAGE_PYCACHE)
     output = tmp_path / "off.log"
     output.write_text('[INFO] Booting worker\n{"status": 200, "uri": "/1k"}\n{"other": 1}\n')
     assert harness.off_seen(output) == {"access_log_lines": 1}
