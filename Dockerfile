@@ -10,8 +10,9 @@ FROM python:3.11.14-slim-bookworm AS runtime
 # No PYTHONUNBUFFERED: the access log flushes itself each second; unbuffered,
 # a stdout log would cost a write() per request.
 # PYTHONOPTIMIZE=2 (python -OO): no docstrings in memory (docs/deploy.md,
-# "Memory"). Its bytecode is compiled at build time, below and by pip at this
-# level for what it installs: the image's uid cannot write any.
+# "Bytecode, compiled at build time"). Its bytecode is compiled at build time,
+# below and by pip at this level for what it installs: the image's uid cannot
+# write any.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONOPTIMIZE=2 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

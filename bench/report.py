@@ -810,12 +810,15 @@ def bytecode_line(bytecode: dict | None) -> list[str]:
     """lbproxy runs as its image does, from level-2 bytecode compiled beforehand."""
     if bytecode is None:
         return []
-    state = (
-        "complete"
-        if bytecode["complete"]
-        else "**incomplete**: a module compiled in each process adds to lbproxy's memory"
-    )
-    return [f"- lbproxy: python -OO from bytecode compiled before its first session ({state})"]
+    if bytecode["complete"]:
+        state = "complete"
+    else:
+        failed = bytecode.get("failed", "").splitlines()[-1:] or ["?"]
+        state = (
+            "**incomplete**: a module compiled in each process adds to lbproxy's memory; "
+            f"last error: {failed[0]}"
+        )
+    return [f"- lbproxy: python -OO from bytecode compiled before the run ({state})"]
 
 
 MICRO_STEPS = {

@@ -15,19 +15,20 @@ from devkit.processes import LOOPBACK, Server, free_port
 REPO = Path(__file__).resolve().parent.parent
 
 # lbproxy as its image runs it (Dockerfile): PYTHONOPTIMIZE=2, from bytecode
-# compiled beforehand. A pycache prefix of our own holds it for the standard
-# library too, which a distribution's Python has at level 0 only: a module
-# without it would be compiled in every process, and skew the memory.
+# compiled beforehand. The bytecode goes to a pycache prefix of our own, the
+# standard library's too: with a prefix set Python reads no __pycache__ beside
+# the sources, and a distribution's Python has level-0 bytecode only there. A
+# module without it would be compiled in every process, and skew the memory.
 IMAGE_OPTIMIZE = 2
 IMAGE_PYCACHE = REPO / ".venv" / "pycache-opt2"
-_STDLIB_SKIPS = r"/(test|tests|idle_test|site-packages)/"
 _COMPILE = """\
 import compileall, re, sys, sysconfig
 paths, workers = sysconfig.get_paths(), int(sys.argv[1])
-done = [compileall.compile_dir(paths["stdlib"], quiet=2, optimize=2, workers=workers,
-                               rx=re.compile(sys.argv[2]))]
-for path in (paths["purelib"], "app", "mock"):
-    done.append(compileall.compile_dir(path, quiet=2, optimize=2, workers=workers))
+stdlib = paths["stdlib"]
+skips = re.compile(re.escape(stdlib) + r"/(site-packages|(.+/)?(test|tests|idle_test))/")
+done = [compileall.compile_dir(stdlib, quiet=1, optimize=2, workers=workers, rx=skips)]
+for path in dict.fromkeys((paths["purelib"], paths["platlib"], "app", "mock")):
+    done.append(compileall.compile_dir(path, quiet=1, optimize=2, workers=workers))
 sys.exit(0 if all(done) else 1)
 """
 
@@ -37,15 +38,22 @@ def image_python_env() -> dict[str, str]:
     return {"PYTHONOPTIMIZE": str(IMAGE_OPTIMIZE), "PYTHONPYCACHEPREFIX": str(IMAGE_PYCACHE)}
 
 
-def compile_image_bytecode(python: Path) -> bool:
+def compile_image_bytecode(python: Path) -> str:
     """Fill IMAGE_PYCACHE for ``python`` (a venv's): its standard library, its
-    packages, app and mock. A later call recompiles only what changed."""
+    packages, app and mock. A later call recompiles only what changed.
+
+    Returns what failed, "" when everything compiled."""
     # In parallel the first time; a pool costs more than it saves once all is compiled.
     workers = "1" if IMAGE_PYCACHE.is_dir() else "0"
     env = {**os.environ, "PYTHONPYCACHEPREFIX": str(IMAGE_PYCACHE)}
-    done = subprocess.run([str(python), "-c", _COMPILE, workers, _STDLIB_SKIPS],
-                          cwd=REPO, env=env, capture_output=True, timeout=600)  # fmt: skip
-    return done.returncode == 0
+    try:
+        done = subprocess.run([str(python), "-c", _COMPILE, workers], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{python}: {error}"
+    if done.returncode == 0:
+        return ""
+    return (done.stdout + done.stderr).strip()[-2000:] or f"exit status {done.returncode}"
 
 
 def start_mock(

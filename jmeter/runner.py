@@ -339,8 +339,9 @@ class Stack:
                 mock = start_mock(name, int(port), label=name, python=python, log=log, timeout=20)
                 self.started.add(mock)
             # As its image runs it: -OO, from bytecode compiled beforehand.
-            if not compile_image_bytecode(python):
-                raise SetupError("could not compile the proxy's bytecode (devkit/lbproxy.py)")
+            failed = compile_image_bytecode(python)
+            if failed:
+                raise SetupError(f"could not compile the proxy's bytecode: {failed}")
             self.proxy = Proxy(
                 config,
                 workers,

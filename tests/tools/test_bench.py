@@ -8,7 +8,6 @@ is gone. No timing threshold is asserted: the figures depend on the machine.
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from app.config import parse_config
 from bench import harness, load, peers, report, tls, wsload
 from bench.__main__ import parse_args
 from devkit import processes
-from devkit.lbproxy import IMAGE_PYCACHE
+from devkit.lbproxy import IMAGE_PYCACHE, compile_image_bytecode, image_python_env
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_CONNECTIONS = (1, 100)
@@ -121,17 +120,38 @@ def test_smoke_probes_the_hosts_speed_before_each_session_and_at_the_end(smoke):
     assert "- host speed: a fixed Python loop took" in (smoke["out"] / "latest.md").read_text()
 
 
-def test_smoke_runs_lbproxy_from_level_2_bytecode(smoke, monkeypatch):
+# Every module a worker imports, and whether its bytecode is there (run under
+# image_python_env(): __cached__ is then the level-2 file in the prefix).
+UNCOMPILED = """\
+import os, sys
+import app.process.gevent_worker, app.wsgi
+print([name for name, module in list(sys.modules.items())
+       if getattr(module, "__cached__", None) and not os.path.exists(module.__cached__)])
+print(sys.flags.optimize, len(sys.modules))
+"""
+
+
+def test_smoke_runs_lbproxy_from_level_2_bytecode(smoke):
     """As its image does: each module lbproxy imports is there, compiled for -OO."""
     assert smoke["data"]["lbproxy_bytecode"]["complete"] is True
     text = (smoke["out"] / "latest.md").read_text()
-    assert "- lbproxy: python -OO from bytecode compiled before its first session (complete)" in (
-        text
-    )
-    monkeypatch.setattr(sys, "pycache_prefix", str(IMAGE_PYCACHE))
-    gevent = importlib.util.find_spec("gevent").origin
-    for source in (gevent, os.__file__, str(REPO / "app" / "wsgi.py")):
-        assert Path(importlib.util.cache_from_source(source, optimization=2)).is_file(), source
+    assert "- lbproxy: python -OO from bytecode compiled before the run (complete)" in text
+    env = {**os.environ, **image_python_env(), "PYTHONDONTWRITEBYTECODE": "1"}
+    python = str(REPO / ".venv" / "bin" / "python")
+    done = subprocess.run([python, "-c", UNCOMPILED], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    missing, flags = done.stdout.splitlines()
+    assert missing == "[]"
+    optimize, modules = map(int, flags.split())
+    assert optimize == 2 and modules > 300
+
+
+def test_the_report_says_why_bytecode_is_incomplete(tmp_path):
+    failed = compile_image_bytecode(tmp_path / "no-python")
+    assert "no-python" in failed
+    (line,) = report.bytecode_line({"complete": False, "failed": f"Listing...\n{failed}"})
+    assert "**incomplete**" in line and line.endswith(f"last error: {failed})")
+    assert report.bytecode_line(None) == []  # a run without lbproxy
 
 
 def test_the_report_tells_a_steady_host_from_one_that_slowed():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 PATH = "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_SETUP = ("groupadd ", "useradd ")  # RUN steps that only make the image's user
-IMAGE_PYTHON_LIB = f"/usr/local/lib/python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def image_python_lib() -> str:
+    """The base image's Python library, from its tag (python:3.11.14-slim-bookworm)."""
+    bases = [stage.base for stage in model.parse(DOCKERFILE).values()]
+    (version,) = {m.group(1) for m in map(re.compile(r"python:(\d+\.\d+)").match, bases) if m}
+    return f"/usr/local/lib/python{version}"
+
+
+IMAGE_PYTHON_LIB = image_python_lib()
 
 
 @dataclass
@@ -65,8 +75,9 @@ class Assembled:
     def python_path(self, word: str) -> str:
         """The base image's Python library is the stand-in venv's: only its own part
         (site-packages) is here, the host's standard library is not the image's."""
-        if word.startswith(IMAGE_PYTHON_LIB):
-            return str(self.python.parent / "lib" / word[len("/usr/local/lib/") :])
+        if word == IMAGE_PYTHON_LIB or word.startswith(IMAGE_PYTHON_LIB + "/"):
+            (lib,) = (self.python.parent / "lib").glob("python3.*")
+            return str(lib) + word[len(IMAGE_PYTHON_LIB) :]
         return word
 
     def environment(self) -> dict[str, str]:
@@ -170,9 +181,15 @@ class Builder:
             command = [str(image.python / "pip"), "install", "--quiet", *image.argv(words)[2:]]
         result = subprocess.run(
             command, cwd=image.path(image.workdir), capture_output=True, text=True, timeout=600,
-            env={**os.environ, **image.environment()},
+            env={**clean_environ(), **image.environment()},
         )  # fmt: skip
         assert result.returncode == 0, f"RUN {arguments}:\n{result.stdout}{result.stderr}"
+
+
+def clean_environ() -> dict[str, str]:
+    """The machine's environment without a pycache prefix of its own: the replay
+    writes bytecode beside the sources, as the image build does."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
 
 
 @pytest.fixture(scope="module")
@@ -238,19 +255,24 @@ def test_the_images_hold_only_the_runtime_requirements(builder):
     assert not names & {"pytest", "ruff", "responses", "httptools", "h11", "hypothesis"}
 
 
-def test_the_images_hold_bytecode_at_the_level_they_run(builder):
+def test_the_images_hold_bytecode_at_the_level_they_run(builder, monkeypatch):
     """PYTHONOPTIMIZE=2 saves memory only where its bytecode is there: the image's
     uid cannot write it, so a missing file is compiled in every process at every
-    start."""
+    start. The base image's library is compiled at that level (its standard
+    library too: the official images delete its bytecode)."""
     image = builder.build("proxy")
-    level = int(image.env["PYTHONOPTIMIZE"])
-    assert level == 2
-    site = next((image.python.parent / "lib").glob("python3.*/site-packages"))
-    packages = ("app", "mock", "gunicorn", "gevent", "requests", "urllib3", "prometheus_client")
-    sources = [path for name in packages for path in (site / name).rglob("*.py")]
+    level = image.env["PYTHONOPTIMIZE"]
+    assert level == "2"
+    compile_steps = [arguments.split() for stage in model.parse(DOCKERFILE).values()
+                     for step, arguments in stage.steps
+                     if step == "RUN" and arguments.startswith("python -m compileall")]  # fmt: skip
+    assert compile_steps == [["python", "-m", "compileall", "-q", "-o", level, IMAGE_PYTHON_LIB]]
+    monkeypatch.setattr(sys, "pycache_prefix", None)  # as in the image
+    (site,) = (image.python.parent / "lib").glob("python3.*/site-packages")
+    sources = sorted(site.rglob("*.py"))  # pip's own too: only the compile step covers it
     compiled = (importlib.util.cache_from_source(str(path), optimization=level) for path in sources)
     missing = [path for path in compiled if not Path(path).exists()]
-    assert len(sources) > 100 and not missing, missing[:5]
+    assert len(sources) > 1000 and not missing, missing[:5]
 
 
 def test_the_mock_stage_serves_and_its_healthcheck_passes(builder, namespace):
