@@ -474,7 +474,7 @@ def lbproxy(peer: Peer, home: Path, port: int, upstream_port: int, env: dict, ex
     for key in FEATURE_ENV:
         env.pop(key, None)
     env["PROXY_CONFIG"] = str(config)
-    env.update(image_python_env())  # compiled by the harness before the first session
+    env.update(image_python_env())  # its bytecode compiled by harness.lbproxy_bytecode
     if peer.workers is None:
         env.pop("PROXY_WORKERS", None)
     else:

@@ -23,12 +23,12 @@ IMAGE_OPTIMIZE = 2
 IMAGE_PYCACHE = REPO / ".venv" / "pycache-opt2"
 _COMPILE = """\
 import compileall, re, sys, sysconfig
-paths, workers = sysconfig.get_paths(), int(sys.argv[1])
+paths, level, workers = sysconfig.get_paths(), int(sys.argv[1]), int(sys.argv[2])
 stdlib = paths["stdlib"]
 skips = re.compile(re.escape(stdlib) + r"/(site-packages|(.+/)?(test|tests|idle_test))/")
-done = [compileall.compile_dir(stdlib, quiet=1, optimize=2, workers=workers, rx=skips)]
+done = [compileall.compile_dir(stdlib, quiet=1, optimize=level, workers=workers, rx=skips)]
 for path in dict.fromkeys((paths["purelib"], paths["platlib"], "app", "mock")):
-    done.append(compileall.compile_dir(path, quiet=1, optimize=2, workers=workers))
+    done.append(compileall.compile_dir(path, quiet=1, optimize=level, workers=workers))
 sys.exit(0 if all(done) else 1)
 """
 
@@ -47,8 +47,9 @@ def compile_image_bytecode(python: Path) -> str:
     workers = "1" if IMAGE_PYCACHE.is_dir() else "0"
     env = {**os.environ, "PYTHONPYCACHEPREFIX": str(IMAGE_PYCACHE)}
     try:
-        done = subprocess.run([str(python), "-c", _COMPILE, workers], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        done = subprocess.run([str(python), "-c", _COMPILE, str(IMAGE_OPTIMIZE), workers],
+                              cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"{python}: {error}"
     if done.returncode == 0:

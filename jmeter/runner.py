@@ -9,9 +9,9 @@ Steps: install JMeter if missing (scripts/install/jmeter.sh); compile the
 XStream launcher (jmeter/XStreamLauncher.java, into jmeter/.build/); with
 --start, start the mocks and the proxy (gunicorn, --workers of them, on
 --config, run as its image runs it: python -OO from bytecode compiled
-beforehand, devkit/lbproxy.py) and stop them by PID at the end; run JMeter non-GUI with CSV results
-while sampling the proxy's memory (RSS and PSS of the gunicorn master and
-workers, from /proc); print a summary and a verdict.
+beforehand, devkit/lbproxy.py) and stop them by PID at the end; run JMeter
+non-GUI with CSV results while sampling the proxy's memory (RSS and PSS of
+the gunicorn master and workers, from /proc); print a summary and a verdict.
 
 The verdict comes from the .jtl, parsed with ``csv`` (JMeter exits 0 whatever
 happened): FAIL on any failed sample, on a run with no sample, on a plan that

@@ -263,7 +263,7 @@ def test_the_images_hold_bytecode_at_the_level_they_run(builder, monkeypatch):
     image = builder.build("proxy")
     level = image.env["PYTHONOPTIMIZE"]
     assert level == "2"
-    compile_steps = [arguments.split() for stage in model.parse(DOCKERFILE).values()
+    compile_steps = [arguments.split() for stage in builder.stages.values()
                      for step, arguments in stage.steps
                      if step == "RUN" and arguments.startswith("python -m compileall")]  # fmt: skip
     assert compile_steps == [["python", "-m", "compileall", "-q", "-o", level, IMAGE_PYTHON_LIB]]
