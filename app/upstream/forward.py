@@ -270,15 +270,18 @@ def _wait_for_response(connection: UpstreamConnection, client) -> None:
     if connection.deadline is not None:
         limit = min(limit, connection.deadline - time.monotonic())
     deadline = time.monotonic() + limit
-    # The socket's timeout is left at the interval: the next recv (the rest of
-    # the head, the body) or exchange sets its own (UpstreamConnection.recv).
+    # The socket's timeout is left as the wait left it: the next recv (the rest
+    # of the head, the body) or exchange sets its own (UpstreamConnection.recv).
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no response within timeout.read (or timeout.response)")
-        connection.set_timeout(min(remaining, CLIENT_CHECK_INTERVAL))
         try:
-            connection.stream.pending = upstream.recv(RECV_SIZE)
+            if remaining > CLIENT_CHECK_INTERVAL:  # the usual wait: the connection's timer
+                connection.stream.pending = connection.recv_within(CLIENT_CHECK_INTERVAL, RECV_SIZE)
+            else:
+                connection.set_timeout(remaining)
+                connection.stream.pending = upstream.recv(RECV_SIZE)
             return
         except TimeoutError:
             # A client that left is told apart from a slow upstream, even at the end.
