@@ -398,9 +398,13 @@ def _response_framing(head: ResponseHead, method: str) -> None:
 
 def values_of(head: RequestHead | ResponseHead, name: str) -> list[str]:
     """The values of every field called ``name`` (lower-case), in their order."""
-    if name not in head.names:
+    names = head.names
+    count = names.count(name)  # list scans in C: most names come once or not at all
+    if count == 0:
         return []
-    return [value for key, (_, value) in zip(head.names, head.headers, strict=True) if key == name]
+    if count == 1:
+        return [head.headers[names.index(name)][1]]
+    return [value for key, (_, value) in zip(names, head.headers, strict=True) if key == name]
 
 
 def _keep_alive(version: tuple[int, int], connection: str) -> bool:

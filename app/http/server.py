@@ -366,7 +366,10 @@ class ResponseWriter:
         request = self.request
         headers = self.headers
         names = lower_names(headers)
-        if "content-length" in names:
+        lengths = names.count("content-length")  # a list scan in C; one at most, usually
+        if lengths == 1:
+            self.length = content_length([headers[names.index("content-length")][1]])
+        elif lengths:
             for key, (_, value) in zip(names, headers, strict=True):
                 if key == "content-length":
                     self.length = content_length([value])

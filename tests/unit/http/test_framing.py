@@ -20,6 +20,7 @@ from app.http.framing import (
     parse_request_head,
     parse_response_head,
     send_all,
+    values_of,
 )
 
 LIMITS = HeadLimits(request_line=100, header_count=5, header_size=50)
@@ -30,6 +31,14 @@ def parse(*lines: str, limits: HeadLimits = LIMITS):
     if not any(line.lower().startswith("host:") for line in lines[1:]):
         lines = (lines[0], "Host: t", *lines[1:])
     return parse_request_head("\r\n".join(lines), limits)
+
+
+def test_values_of_a_name_none_one_or_several_in_order():
+    head = parse("GET / HTTP/1.1", "Host: t", "X-A: 1", "Via: v", "x-a: 2", "X-A: 3")
+    assert values_of(head, "x-a") == ["1", "2", "3"]
+    assert values_of(head, "via") == ["v"]
+    assert values_of(head, "host") == ["t"]
+    assert values_of(head, "x-b") == []
 
 
 def test_a_request_with_its_headers_as_sent():

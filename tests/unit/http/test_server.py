@@ -191,6 +191,10 @@ def test_a_body_longer_or_shorter_than_announced_closes_the_connection():
     assert raw.endswith(b"\r\n\r\nabcd") and raw.count(b"HTTP/1.1 200") == 1
     raw = exchange(streaming("200 OK", [b"ab"], [("Content-Length", "4")]), request)
     assert raw.endswith(b"\r\n\r\nab") and raw.count(b"HTTP/1.1 200") == 1
+    # The length is found whatever the name's case, among other fields.
+    headers = [("X-A", "1"), ("content-LENGTH", "3"), ("X-B", "2")]
+    raw = exchange(streaming("200 OK", [b"abcdef"], headers), request)
+    assert raw.endswith(b"\r\n\r\nabc") and raw.count(b"HTTP/1.1 200") == 1
 
 
 def test_the_server_decides_the_framing_headers():
