@@ -58,13 +58,6 @@ def peer_closed(sock) -> bool:
     return bool(poller.poll(0))
 
 
-def readable(sock) -> bool:
-    """True when data or end-of-file (or an error) waits on ``sock``, without waiting."""
-    poller = _poll()
-    poller.register(sock, _POLLIN)
-    return bool(poller.poll(0))
-
-
 class UpstreamConnection:
     """One connection to a host: urllib3's connection, and what was received on it."""
 
@@ -72,6 +65,7 @@ class UpstreamConnection:
         "conn",
         "deadline",
         "idle_since",
+        "poller",
         "read_timeout",
         "sock",
         "sock_timeout",
@@ -86,6 +80,9 @@ class UpstreamConnection:
         self.sock_timeout = self.sock.gettimeout()
         self.tls = isinstance(conn, HTTPSConnection)
         self.stream = Stream(self.recv)
+        # Its socket registered once, for the readiness check at each checkout.
+        self.poller = _poll()
+        self.poller.register(self.sock.fileno(), _POLLIN)
         self.idle_since = 0.0
         self.deadline: float | None = None  # the exchange's end (timeout.response)
         self.read_timeout = 0.0
@@ -142,6 +139,10 @@ class UpstreamConnection:
         finally:
             timer.stop()
 
+    def readable(self) -> bool:
+        """True when data or end-of-file (or an error) waits on the socket, without waiting."""
+        return bool(self.poller.poll(0))
+
     def buffered(self) -> bool:
         """Bytes received and not consumed: ours, or TLS data inside the ssl layer."""
         return bool(self.stream.pending) or (self.tls and self.sock.pending() > 0)
@@ -191,7 +192,7 @@ class HostPool:
         while self.idle:
             connection = self.idle.pop()
             stale = now - connection.idle_since > idle_timeout
-            if stale or readable(connection.sock) or connection.buffered():
+            if stale or connection.readable() or connection.buffered():
                 connection.close()
                 continue
             return connection, True

@@ -19,7 +19,7 @@ from app.config import Host, Timeout
 from app.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from app.http.request import ProxyRequest, RequestBody
 from app.upstream.forward import Forwarder
-from app.upstream.pool import Pools
+from app.upstream.pool import Pools, UpstreamConnection
 from app.upstream.session import make_session
 from tests.processes import free_port, start_mock
 
@@ -109,7 +109,7 @@ def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(short_keepalive_moc
     cannot see (the upstream closes just after the check) is made certain here
     by turning that check off.
     """
-    monkeypatch.setattr("app.upstream.pool.readable", lambda sock: False)
+    monkeypatch.setattr(UpstreamConnection, "readable", lambda self: False)
     host = Host("127.0.0.1", short_keepalive_mock.port)
     forwarder, _ = forwarder_for(host)
     patient = Timeout(idle=30)
@@ -155,7 +155,7 @@ def test_idle_connections_older_than_the_idle_timeout_are_not_reused(short_keepa
 
 
 def test_a_body_already_sent_is_never_replayed(short_keepalive_mock, monkeypatch):
-    monkeypatch.setattr("app.upstream.pool.readable", lambda sock: False)
+    monkeypatch.setattr(UpstreamConnection, "readable", lambda self: False)
     host = Host("127.0.0.1", short_keepalive_mock.port)
     forwarder, _ = forwarder_for(host)
     read(forwarder.send(host, get(), Timeout(idle=30)))

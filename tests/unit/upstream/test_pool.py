@@ -93,3 +93,17 @@ def test_a_plain_socket_waits_under_its_own_timeout():
     assert connection.wait_timer is None and near.gettimeout() == 0.2
     connection.close()
     far.close()
+
+
+@pytest.mark.parametrize("event", ["bytes", "close"])
+def test_an_idle_connection_with_bytes_or_an_end_waiting_is_readable(event):
+    near, far = stdlib_socket.socketpair()
+    connection = connection_on(near)
+    assert not connection.readable()
+    if event == "bytes":
+        far.sendall(b"HTTP/1.1 200 OK\r\n")  # nobody asked: never a response to reuse
+    else:
+        far.close()
+    assert connection.readable()
+    connection.close()
+    far.close()
