@@ -171,11 +171,12 @@ class Metrics:
                 self._count(scope.bytes_in, record.bytes_in)
             if record.bytes_out:
                 counters[scope.bytes_out] = counters.get(scope.bytes_out, 0) + record.bytes_out
-        base = safe(record.service) if record.service else UNROUTED
-        if record.outcome != "success":
-            self._count(f"{base}.errors.{record.outcome}")
-        if record.retries:
-            self._count(f"{base}.retries", record.retries)
+        if record.outcome != "success" or record.retries:
+            base = safe(record.service) if record.service else UNROUTED
+            if record.outcome != "success":
+                self._count(f"{base}.errors.{record.outcome}")
+            if record.retries:
+                self._count(f"{base}.retries", record.retries)
         if len(self.timers) >= self.TIMERS_PER_DATAGRAM:
             self.flush()
 
