@@ -27,10 +27,12 @@ import socket
 import statistics
 import time
 
+from urllib3.connection import HTTPConnection
+
 from app.config import parse_config
 from app.http.framing import HeadLimits, parse_request_head, parse_response_head
 from app.traffic.routing import Router
-from app.upstream.pool import readable
+from app.upstream.pool import UpstreamConnection
 
 ROUNDS = 7
 
@@ -114,13 +116,16 @@ def measure_picks(calls: int) -> dict:
 
 def measure(calls: int = 20000) -> dict:
     listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
+    conn = HTTPConnection(*listener.getsockname())
+    conn.connect()
     server, _ = listener.accept()
+    pooled = UpstreamConnection(conn)
     try:
-        idle = _per_call_us(lambda: readable(client), calls)
-        assert not readable(client)  # what was timed is the clean case
+        idle = _per_call_us(pooled.readable, calls)
+        assert not pooled.readable()  # what was timed is the clean case
     finally:
-        for sock in (client, server, listener):
+        pooled.close()
+        for sock in (server, listener):
             sock.close()
     return {
         "reuse_check_us": idle,
