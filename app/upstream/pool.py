@@ -24,14 +24,13 @@ import ssl
 import time
 from collections.abc import Callable
 
-import gevent
 from gevent.monkey import get_original
-from gevent.socket import socket as gevent_socket
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from app.errors import UpstreamConnectError, UpstreamTLSError
 from app.http.framing import Stream
+from app.http.waits import WaitTimer
 from app.upstream.tls import UpstreamTLSTarget
 
 # The unpatched poll: a zero-timeout readiness check is one poll() syscall, with
@@ -86,9 +85,8 @@ class UpstreamConnection:
         self.idle_since = 0.0
         self.deadline: float | None = None  # the exchange's end (timeout.response)
         self.read_timeout = 0.0
-        # The loop's timer for this connection's waits of one interval
-        # (recv_within); None for a socket gevent does not run (tests in threads).
-        self.wait_timer = None
+        # The bound of this connection's waits of one interval (recv_within).
+        self.wait_timer: WaitTimer | None = None
 
     def start_exchange(self, read_timeout: float, deadline: float | None) -> None:
         self.read_timeout = read_timeout
@@ -115,29 +113,19 @@ class UpstreamConnection:
 
     def recv_within(self, interval: float, size: int) -> bytes:
         """One recv within ``interval`` seconds (TimeoutError after), the same
-        ``interval`` at every call on this connection.
-
-        A socket timeout makes gevent build a Timeout, in Python, for each wait
-        (some 3 µs); a gevent socket waits here under a timer watcher of the
-        loop made once per connection, restarted by ``again()`` (0.35 µs with
-        its stop). ``again()``, not ``start()``: a libev timer stopped or fired
-        keeps only the time it had left, and would restart with that. The
-        socket's own timeout is off meanwhile and stays off: every other recv
-        and every exchange sets its own.
+        ``interval`` at every call on this connection: under a WaitTimer
+        (app/http/waits.py) made at the first. The socket's own timeout is off
+        meanwhile and stays off: every other recv and every exchange sets its own.
         """
-        if not isinstance(self.sock, gevent_socket):
-            self.set_timeout(interval)
-            return self.sock.recv(size)
         timer = self.wait_timer
         if timer is None:
-            # after and repeat the same: again() restarts at the repeat value.
-            timer = self.wait_timer = gevent.get_hub().loop.timer(interval, interval, ref=False)
+            timer = self.wait_timer = WaitTimer.for_socket(self.sock, interval)
+            if timer is None:  # not a gevent socket: its own timeout
+                self.set_timeout(interval)
+                return self.sock.recv(size)
         self.set_timeout(None)
-        timer.again(gevent.getcurrent().throw, TimeoutError)
-        try:
+        with timer:
             return self.sock.recv(size)
-        finally:
-            timer.stop()
 
     def readable(self) -> bool:
         """True when data or end-of-file (or an error) waits on the socket, without waiting."""

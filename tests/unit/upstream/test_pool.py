@@ -26,7 +26,7 @@ def test_a_wait_gets_what_arrives_under_one_timer_made_once():
     gevent.spawn_later(0.05, far.sendall, b"first")
     assert connection.recv_within(1.0, 100) == b"first"
     timer = connection.wait_timer
-    assert timer is not None and not timer.active  # stopped once the bytes came
+    assert timer is not None and not timer.timer.active  # stopped once the bytes came
     assert near.gettimeout() is None  # the timer bounded the wait, not the socket
     far.sendall(b"second")
     assert connection.recv_within(1.0, 100) == b"second"
@@ -43,7 +43,7 @@ def test_a_wait_ends_after_its_interval_and_the_next_one_too():
         with pytest.raises(TimeoutError):
             connection.recv_within(0.2, 100)
         assert 0.15 < time.monotonic() - started < 1.0
-        assert not connection.wait_timer.active
+        assert not connection.wait_timer.timer.active
     gevent.sleep(0.3)  # nothing left armed to fire meanwhile
     far.sendall(b"late")
     assert connection.recv_within(0.2, 100) == b"late"
