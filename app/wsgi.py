@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 
 from gunicorn.workers.base_async import ALREADY_HANDLED
@@ -38,7 +39,7 @@ from app.errors import (
 from app.http.framing import send_all
 from app.http.request import TAKE_BUFFERED_KEY, ProxyRequest, parse_request
 from app.observe.admin import AdminApp
-from app.observe.end import AccessLog, RequestEnd
+from app.observe.end import END_BATCH, AccessLog, RequestEnd
 from app.observe.metrics import Metrics, statsd_settings
 from app.observe.record import Record, request_id
 from app.process import settings
@@ -87,13 +88,28 @@ class Proxy:
         self.limiters = make_limiters(config, self.router.zone.area, self.metrics.ratelimit_event)
         warn_unverified(config.services)
 
-    def start_background(self, spawn, access_log: AccessLog | None = None) -> None:
-        """In a gevent worker: the access log, active health checks and the metrics gauges."""
+    def start_background(
+        self, spawn, access_log: AccessLog | None = None, flush_log: Callable | None = None
+    ) -> None:
+        """In a gevent worker: the access log, ended requests handed on in
+        batches (app/observe/end.py) and each second with the log flushed
+        (``flush_log``), active health checks and the metrics gauges."""
         self.end.access_log = access_log
+        self.end.batch = END_BATCH
+        spawn(self._end_each_second, flush_log)
         if any(s.health_check is not None or s.discover for s in self.config.services):
             spawn(self._probe_when_elected, spawn)
         if self.metrics.enabled:
             spawn(self._report_gauges)
+
+    def _end_each_second(self, flush_log: Callable | None) -> None:
+        import gevent
+
+        while True:
+            gevent.sleep(1.0)
+            self.end.drain()
+            if flush_log is not None:
+                flush_log()
 
     def _probe_when_elected(self, spawn) -> None:
         """Run the pod's health checks once this worker holds the prober lock
@@ -357,6 +373,7 @@ class Proxy:
         import gevent
 
         while True:
+            self.end.drain()  # the requests ended since: within statsd.interval too
             self.metrics.report_gauges(self.router.by_name(), self.forwarder)
             gevent.sleep(self.config.statsd.interval)
 

@@ -23,6 +23,15 @@ from gunicorn.glogging import Logger
 
 from app.observe.record import Record
 
+# The environ keys a line reads (``entry`` and ``line``): all a record kept
+# for a later line needs (app/observe/end.py).
+LOGGED_KEYS = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "HTTP_HOST")
+
+
+def logged_environ(environ: dict) -> dict:
+    """The part of ``environ`` an access-log line reads."""
+    return {key: environ[key] for key in LOGGED_KEYS if key in environ}
+
 
 def entry(record: Record, environ: dict) -> dict:
     """The access-log fields of one request."""

@@ -88,21 +88,19 @@ def post_worker_init(worker):
     """Start each worker's access log, health checks, metrics gauges and log flushes."""
     import gevent
 
-    worker.wsgi.start_background(gevent.spawn, getattr(worker.log, "log_record", None))
-    if hasattr(worker.log, "flush_access_log"):
-        gevent.spawn(_flush_every_second, worker.log)
-
-
-def _flush_every_second(logger):
-    import gevent
-
-    while True:
-        gevent.sleep(1.0)
-        logger.flush_access_log()
+    worker.wsgi.start_background(
+        gevent.spawn,
+        getattr(worker.log, "log_record", None),
+        getattr(worker.log, "flush_access_log", None),
+    )
 
 
 def worker_exit(server, worker):
-    """Send the metrics and write the access-log lines the worker still holds."""
+    """Count and log the requests the worker still holds, send the metrics and
+    write the access-log lines."""
+    end = getattr(worker.wsgi, "end", None)
+    if end is not None:
+        end.drain()
     metrics = getattr(worker.wsgi, "metrics", None)
     if metrics is not None:
         metrics.flush(prometheus=True)

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.observe.accesslog import entry, line
+from app.observe.accesslog import entry, line, logged_environ
 from app.observe.record import Record
 
 text = st.one_of(st.none(), st.text(max_size=30))
@@ -38,4 +38,8 @@ def test_the_fast_line_is_the_json_of_the_entry(
     written = line(record, environ)
     assert json.loads(written) == entry(record, environ)
     assert written == json.dumps(entry(record, environ), separators=(",", ":"))
+    # A record kept for a later line keeps only the keys the line reads.
+    full = {**environ, "wsgi.input": object(), "HTTP_COOKIE": "secret", "PATH_INFO": "/"}
+    assert line(record, logged_environ(full)) == written
+    assert set(logged_environ(full)) <= set(environ)
     assert "\n" not in written

@@ -1,0 +1,72 @@
+"""The end of a request: handed on at once, or in batches in a worker."""
+
+from __future__ import annotations
+
+import logging
+
+from app.observe.end import RequestEnd
+from app.observe.record import Record
+
+
+class Counted:
+    """What the end hands a record to: metrics (request_done, tunnel_closed)."""
+
+    def __init__(self):
+        self.done: list[str] = []
+        self.tunnels: list[str] = []
+
+    def request_done(self, record: Record) -> None:
+        self.done.append(record.request_id)
+
+    def tunnel_closed(self, record: Record) -> None:
+        self.tunnels.append(record.request_id)
+
+
+def ended(end: RequestEnd, request_id: str, tunnel: str | None = None) -> Record:
+    record = Record(request_id)
+    record.tunnel_close = tunnel
+    end(record, {"REMOTE_ADDR": "10.0.0.1", "RAW_URI": "/a", "HTTP_COOKIE": "secret"})
+    return record
+
+
+def test_one_at_a_time_each_record_is_handed_on_as_it_ends_and_only_once():
+    metrics, lines = Counted(), []
+    end = RequestEnd(metrics, lambda record, environ: lines.append(record.request_id))
+    record = ended(end, "a")
+    end(record, {})  # a second close
+    assert metrics.done == lines == ["a"] and record.finished is not None
+
+
+def test_in_batches_records_wait_for_a_full_batch_or_a_drain_and_keep_their_times():
+    metrics, lines = Counted(), []
+    end = RequestEnd(metrics, lambda record, environ: lines.append((record.request_id, environ)))
+    end.batch = 3
+    first = ended(end, "a")
+    finished = first.finished
+    ended(end, "b", tunnel="client")
+    assert metrics.done == [] and lines == [] and finished is not None  # ended, not handed on
+    ended(end, "c")  # the batch is full
+    assert metrics.done == ["a", "b", "c"] and metrics.tunnels == ["b"]
+    assert [request_id for request_id, _ in lines] == ["a", "b", "c"]
+    assert lines[0][1] == {"REMOTE_ADDR": "10.0.0.1", "RAW_URI": "/a"}  # what the line reads
+    assert first.finished == finished and end.pending == []
+    ended(end, "d")
+    end.drain()  # each second, and at the worker's exit
+    assert metrics.done[-1] == "d" and end.pending == []
+
+
+def test_a_record_that_fails_is_logged_and_the_others_still_go(caplog):
+    metrics = Counted()
+
+    def access_log(record, environ):
+        if record.request_id == "bad":
+            raise OSError("disk full")
+
+    end = RequestEnd(metrics, access_log)
+    end.batch = 10
+    for request_id in ("a", "bad", "c"):
+        ended(end, request_id)
+    with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
+        end.drain()
+    assert metrics.done == ["a", "bad", "c"]
+    assert "request bad" in caplog.text
