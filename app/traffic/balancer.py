@@ -114,7 +114,10 @@ class LeastConnections(RoundRobin):
         in_flight = self.state.host_in_flight
         load = {host: in_flight(host) / host.weight for host in candidates}
         least = min(load.values())
-        return super().choose(tuple(host for host in candidates if load[host] == least))
+        ties = tuple(host for host in candidates if load[host] == least)
+        # All tied (an idle pod): the candidates themselves, so that round robin
+        # takes its order made once, not one found by comparing hosts field by field.
+        return super().choose(candidates if len(ties) == len(candidates) else ties)
 
 
 STRATEGIES = {

@@ -74,6 +74,11 @@ def test_least_connections_round_robins_between_equal_hosts():
     assert picks(LeastConnections((A, B, C)), 6) == [A, B, C, A, B, C]
 
 
+def test_least_connections_on_an_idle_pod_takes_round_robins_weighted_order():
+    heavy = Host("10.0.0.1", 80, weight=5)
+    assert picks(LeastConnections((heavy, B, C)), 7) == picks(RoundRobin((heavy, B, C)), 7)
+
+
 @pytest.mark.parametrize("kind", [RoundRobin, Random, LeastConnections])
 def test_pick_skips_excluded_hosts_and_runs_out(kind):
     balancer = kind((A, B, C))
