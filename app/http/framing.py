@@ -398,13 +398,18 @@ def _response_framing(head: ResponseHead, method: str) -> None:
 
 def values_of(head: RequestHead | ResponseHead, name: str) -> list[str]:
     """The values of every field called ``name`` (lower-case), in their order."""
-    names = head.names
+    return field_values(head.names, head.headers, name)
+
+
+def field_values(names: list[str], fields: list[tuple[str, str]], name: str) -> list[str]:
+    """The values of the ``fields`` called ``name`` (lower-case), in their order;
+    ``names``: the fields' names lower-cased (``lower_names``)."""
     count = names.count(name)  # list scans in C: most names come once or not at all
     if count == 0:
         return []
     if count == 1:
-        return [head.headers[names.index(name)][1]]
-    return [value for key, (_, value) in zip(names, head.headers, strict=True) if key == name]
+        return [fields[names.index(name)][1]]
+    return [value for key, (_, value) in zip(names, fields, strict=True) if key == name]
 
 
 def _keep_alive(version: tuple[int, int], connection: str) -> bool:

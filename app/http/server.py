@@ -50,6 +50,7 @@ from app.http.framing import (
     chunk,
     content_length,
     field_block,
+    field_values,
     lower_names,
     parse_request_head,
     response_has_body,
@@ -366,13 +367,8 @@ class ResponseWriter:
         request = self.request
         headers = self.headers
         names = lower_names(headers)
-        lengths = names.count("content-length")  # a list scan in C; one at most, usually
-        if lengths == 1:
-            self.length = content_length([headers[names.index("content-length")][1]])
-        elif lengths:
-            for key, (_, value) in zip(names, headers, strict=True):
-                if key == "content-length":
-                    self.length = content_length([value])
+        for value in field_values(names, headers, "content-length"):
+            self.length = content_length([value])
         # Connection, Transfer-Encoding and Keep-Alive are the server's to decide.
         if _FRAMING_HEADERS.isdisjoint(names):
             fields = field_block(headers)
