@@ -11,6 +11,8 @@ what it measures and how. Modules:
   wsload   the websocket section's load client: WebSocket echo ping-pong
            (docs/bench.md#websocket)
   report   ratios, added latency, targets, markdown
+  hostspeed  the host's speed, sampled through each measured run
+           (docs/bench.md#was-the-machine-quiet)
   sink     a counting StatsD stand-in for lbproxy's "features on" variants
   plugins  the Python peers' own code, run from bench/.venv-peers: proxy.py's plugin,
            the asyncio peers (bench_aiohttp.py, bench_asgi.py, bench_forward.py)

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import load, micro, peers, report, tls, wsload
+from bench import hostspeed, load, micro, peers, report, tls, wsload
 from bench.peers import BENCH_DOMAIN, BODIES, PEERS, Peer
 from devkit.lbproxy import compile_image_bytecode
 from devkit.processes import (
@@ -101,6 +101,7 @@ FULL_PEERS = ORDER
 SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
 ASYNCIO_PEERS = ("aiohttp", "uvicorn", "granian")
 QUIET_PCT = 10.0  # "quiet": other processes use less than this % of the machine
+HOST_WAIT_S = 15  # a full run waits up to this long for a fast host before each case
 REPEAT_CONNECTIONS = 100  # the main section's point measured `repeats` times
 
 
@@ -270,6 +271,7 @@ def estimate_seconds(options: Options) -> float:
     ws_runs = sum(len(cases) for peer, cases in sessions if peer.ws) * 2
     if ws_runs:
         extra += 1.0 + ws_runs * wsload.START_DELAY_S
+    extra += hostspeed.CALIBRATE_S
     return cases * (options.duration + options.warmup + 0.6) + len(sessions) * 2.5 + extra + 5
 
 
@@ -365,28 +367,6 @@ def foreign_load(seconds: float) -> float:
     elapsed = time.monotonic() - start
     foreign = (busy1 - busy0) / CLOCK_TICKS - (cpu_seconds_self_and_children() - mine0)
     return max(0.0, 100.0 * foreign / (elapsed * (os.cpu_count() or 1)))
-
-
-HOST_PROBE_LOOP = 300_000  # iterations of the probe's loop: tens of ms, not a whole second
-HOST_PROBE_TRIES = 5
-
-
-def host_probe_ms() -> float:
-    """The fastest of a few timings of one fixed pure-Python loop, in ms.
-
-    Other processes in the machine show in /proc (``foreign_load``); a host
-    that gives the whole VM less CPU does not (steal time can stay near 0),
-    yet it slows every process alike: the same loop then takes longer. The
-    fastest of the tries leaves out a moment's interruption.
-    """
-    best = float("inf")
-    for _ in range(HOST_PROBE_TRIES):
-        start = time.perf_counter()
-        total = 0
-        for number in range(HOST_PROBE_LOOP):
-            total += number * number
-        best = min(best, time.perf_counter() - start)
-    return round(best * 1000, 1)
 
 
 def wait_for_quiet(limit: int) -> dict:
@@ -719,11 +699,15 @@ class Runner:
         self.tls_files: tls.Files | None = None  # made by the first TLS session
         self.echo: Spawned | None = None  # the WebSocket echo upstream: the first ws session's
         self.echo_port = 0
-        # The host's speed before each session and at the end (``host_probe_ms``).
-        self.host_probes: list[dict] = []
+        # Every sample of the host's speed in this run (bench/hostspeed.py): the
+        # calibration's, then each measured run's, retried attempts included.
+        self.host_samples: list[float] = []
 
-    def probe_host(self, before: str) -> None:
-        self.host_probes.append({"before": before, "ms": host_probe_ms()})
+    def calibrate_host(self) -> None:
+        self.host_samples += hostspeed.sample_for(hostspeed.CALIBRATE_S)
+
+    def host_reference_ms(self) -> float:
+        return hostspeed.reference(self.host_samples)
 
     def certificate(self) -> tls.Files:
         if self.tls_files is None:
@@ -793,7 +777,6 @@ class Runner:
             self.sessions.append(session)
             home = self.tmp / peer.name
         running = Running()
-        self.probe_host(f"{peer.name}, round {repeat}" if repeat > 1 else peer.name)
         try:
             self.start_peer(peer, home, record, running)
             self.log(f"{peer.label}: {record['command']}")
@@ -903,26 +886,45 @@ class Runner:
         )
 
     def measure_quietly(self, peer, process, port, case: Case, sink) -> dict:
-        """Measure; if other processes took >= QUIET_PCT of the CPU, wait and measure again.
+        """Measure; measure again if other processes took >= QUIET_PCT of the CPU
+        or the host slowed the VM (hostspeed.slowed).
 
-        Keeps the attempt with the least foreign CPU; bounded by busy_retries,
-        retry_wait and the run's budget.
+        A full run first waits (up to HOST_WAIT_S) for the host to be fast.
+        Keeps the least disturbed attempt; bounded by busy_retries, retry_wait
+        and the run's budget.
         """
         options = self.options
-        row = self.measure(peer, process, port, case, sink)
-        attempts = [row["foreign_cpu_pct"]]
+        row = self.measure_when_fast(peer, process, port, case, sink)
+        attempts = [row]
         while (
-            row["foreign_cpu_pct"] >= QUIET_PCT
+            disturbed(row)
             and len(attempts) <= options.busy_retries
             and time.monotonic() < self.deadline
         ):
-            self.log(f"  busy ({attempts[-1]}% CPU used by others): measuring again")
-            wait_for_quiet(int(min(options.retry_wait, max(0, self.deadline - time.monotonic()))))
-            again = self.measure(peer, process, port, case, sink)
-            attempts.append(again["foreign_cpu_pct"])
-            if again["foreign_cpu_pct"] < row["foreign_cpu_pct"]:
-                row = again
-        row["attempts_foreign_cpu_pct"] = attempts
+            last = attempts[-1]
+            if last["foreign_cpu_pct"] >= QUIET_PCT:
+                self.log(f"  busy ({last['foreign_cpu_pct']}% CPU used by others): measuring again")
+                wait_for_quiet(int(min(options.retry_wait, self.time_left())))
+            else:
+                self.log(f"  host slowed {last['host_slow_pct']}% of samples: measuring again")
+            attempts.append(self.measure_when_fast(peer, process, port, case, sink))
+            row = min(attempts, key=disturbance)
+        row["attempts_foreign_cpu_pct"] = [each["foreign_cpu_pct"] for each in attempts]
+        row["attempts_host_slow_pct"] = [each["host_slow_pct"] for each in attempts]
+        return row
+
+    def time_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def measure_when_fast(self, peer, process, port, case: Case, sink) -> dict:
+        """On a full run (busy_retries), wait for a fast host first; then measure."""
+        if self.options.busy_retries and self.host_samples:
+            limit = min(HOST_WAIT_S, self.time_left())
+            hostspeed.wait_until_fast(self.host_reference_ms(), limit)
+        row = self.measure(peer, process, port, case, sink)
+        self.host_samples += row["host_ms"]
+        share = hostspeed.slow_share(row["host_ms"], self.host_reference_ms())
+        row["host_slow_pct"] = None if share is None else round(100 * share, 1)
         return row
 
     def measure(self, peer, process, port, case: Case, sink) -> dict:
@@ -943,6 +945,7 @@ class Runner:
         mine0 = cpu_seconds_self_and_children()
         started = time.monotonic()
         spec = self.load_spec(case, port, options.duration)
+        host = hostspeed.Monitor().start()
         wrk = load.start(spec, self.tmp / f"{spec.tool}.log")
         rss = pss = peak = 0
         count = len(pids)
@@ -962,6 +965,7 @@ class Runner:
                         split = fuller(connections_by_worker(port, workers), split)
             output, _ = wrk.communicate(timeout=5)
         finally:
+            host_ms = host.stop()
             if wrk.poll() is None:
                 os.kill(wrk.pid, signal.SIGKILL)
                 wrk.wait()
@@ -1007,6 +1011,7 @@ class Runner:
             "foreign_cpu_pct": round(
                 max(0.0, 100 * foreign / (elapsed * (os.cpu_count() or 1))), 1
             ),
+            "host_ms": host_ms,
         }
         if case.tls == "handshake":  # every request on a new connection: one handshake each
             row["handshakes_per_s"] = row["rps"]
@@ -1026,6 +1031,16 @@ class Runner:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
         return spec.parse(output)
+
+
+def disturbed(row: dict) -> bool:
+    """Measured while other processes took >= QUIET_PCT or the host slowed the VM."""
+    return row["foreign_cpu_pct"] >= QUIET_PCT or hostspeed.slowed(row.get("host_slow_pct"))
+
+
+def disturbance(row: dict) -> tuple:
+    """The order attempts are kept in: undisturbed first, then the host's share, then others'."""
+    return (disturbed(row), row.get("host_slow_pct") or 0.0, row["foreign_cpu_pct"])
 
 
 def split_offset(spec: load.Spec) -> float:
@@ -1128,6 +1143,7 @@ def run(options: Options) -> dict:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
+        runner.calibrate_host()
         runner.start_upstream()
         for peer, cases in sessions:
             runner.run_session(peer, cases)
@@ -1150,8 +1166,8 @@ def run(options: Options) -> dict:
         finally:
             signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, previous)
-        runner.probe_host("end")
-        data["host_probes"] = runner.host_probes
+        data["host_reference_ms"] = runner.host_reference_ms()
+        data["host_samples"] = len(runner.host_samples)
         data["elapsed_s"] = round(time.monotonic() - started, 1)
         data["machine"]["loadavg_after"] = os.getloadavg()
         data["results"] = runner.rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench import tls
+from bench import hostspeed, tls
 
 MIB = 1024  # the memory figures are in KiB
 
@@ -117,8 +117,25 @@ def mark_repeats(rows: list[dict]) -> dict:
     return out
 
 
+def host_slowness(data: dict) -> None:
+    """Each measured run's share of slow host samples, against the whole run's
+    reference (the harness judged its retries against the reference so far)."""
+    reference = data.get("host_reference_ms")
+    if not reference:
+        return  # a run from before the monitor
+    for row in data.get("results", []):
+        share = hostspeed.slow_share(row.get("host_ms") or [], reference)
+        row["host_slow_pct"] = None if share is None else round(100 * share, 1)
+
+
+def undisturbed(row: dict) -> bool:
+    """Measured with others below 10% of the CPU and the host at speed."""
+    return row["foreign_cpu_pct"] < 10 and not hostspeed.slowed(row.get("host_slow_pct"))
+
+
 def derive(data: dict) -> None:
     rows = data.get("results", [])
+    host_slowness(data)
     data["repeats"] = mark_repeats(rows)
     for row in rows:
         haproxy = _baseline(rows, row)
@@ -292,7 +309,30 @@ def targets_22(data: dict) -> list[dict]:
     figure = f"{rss:.1f} MiB (peak of the run {peak:.0f})" if rss is not None else "not measured"
     out.append({"target": "≤ 90 MiB RSS, master + 2 workers, at 100 connections",
                 "figure": figure, "met": rss <= 90 if rss is not None else None})  # fmt: skip
+    out.append(quiet_target(data))
     return out
+
+
+def quiet_target(data: dict) -> dict:
+    """Whether every run the targets above compare was measured undisturbed."""
+    runs = [
+        row
+        for row in data["results"]
+        if row["section"] == "main" and row["peer"] in (TARGET_PEER, *ASYNCIO_PEERS)
+    ]
+    text = "one quiet run: every run compared above measured with the host at speed"
+    if not data.get("host_reference_ms") or not runs:
+        return {"target": text, "figure": "not measured", "met": None}
+    steady = [row for row in runs if undisturbed(row)]
+    figure = f"{len(steady)} of {len(runs)} runs"
+    if len(steady) < len(runs):
+        figure += " (slowed: " + ", ".join(_run_name(r) for r in runs if r not in steady) + ")"
+    return {"target": text, "figure": figure, "met": len(steady) == len(runs)}
+
+
+def _run_name(row: dict) -> str:
+    again = f" #{row['repeat']}" if row.get("repeat") else ""
+    return f"{row['peer']} c={row['connections']}{again}"
 
 
 def _max_shares(
@@ -401,13 +441,14 @@ def main_table(data: dict) -> list[str]:
             _split(r),
             _repeats(data, r),
             _num(r["foreign_cpu_pct"]),
+            _num(r.get("host_slow_pct")),
         ]
         for r in rows
     ]
     header = [
         "configuration", "conns", "req/s", "vs HAProxy", "p50 ms", "p99 ms", "errors",
         "timeouts", "CPU µs/req", "upstream µs/req", "RSS MiB", "PSS MiB", "procs",
-        "split req (CPU)", "runs: req/s min–max; splits", "other CPU %",
+        "split req (CPU)", "runs: req/s min–max; splits", "other CPU %", "host slow %",
     ]  # fmt: skip
     return _table(header, lines)
 
@@ -745,30 +786,31 @@ def targets_table(data: dict, key: str = "targets") -> list[str]:
     return _table([f"target ({_label(data, TARGET_PEER)})", "figure", "status"], lines)
 
 
-HOST_SLOWED = 1.15  # the slowest host probe over the fastest: beyond, the host slowed the run
-
-
-def host_line(probes: list[dict]) -> list[str]:
-    """The host's speed over the run, from the probes before each session."""
-    if not probes:
-        return []
-    times = [probe["ms"] for probe in probes]
-    fastest, slowest = min(times), max(times)
-    spread = slowest / fastest if fastest > 0 else 1.0
-    if spread <= HOST_SLOWED:
-        verdict = f"steady (within {HOST_SLOWED - 1:.0%})"
+def host_line(data: dict) -> list[str]:
+    """The host's speed during the measured runs (bench/hostspeed.py)."""
+    reference = data.get("host_reference_ms")
+    rows = [row for row in data.get("results", []) if row.get("host_ms")]
+    if not reference or not rows:
+        return []  # a run from before the monitor renders as it did
+    samples = [sample for row in rows for sample in row["host_ms"]]
+    share = hostspeed.slow_share(samples, reference) or 0.0
+    slowed = [row for row in rows if hostspeed.slowed(row["host_slow_pct"])]
+    if not slowed:
+        limit = f"{hostspeed.SLOW_SHARE:.0%}"
+        verdict = f"steady: no measured run had more than {limit} of its samples slow"
     else:
-        worst = max(probes, key=lambda probe: probe["ms"])["before"]
+        named = ", ".join(_run_name(row) for row in slowed[:6])
+        more = f" and {len(slowed) - 6} more" if len(slowed) > 6 else ""
         verdict = (
-            f"**the host slowed part of the run**: the slowest probe (before {worst}) "
-            f"took {spread - 1:.0%} longer than the fastest, while the VM's other "
-            "processes do not show it; compare figures of one session, or the repeats' "
-            "min–max, rather than sessions far apart"
+            f"**the host slowed {len(slowed)} of {len(rows)} measured runs** "
+            f"(more than {hostspeed.SLOW_SHARE:.0%} of their samples slow: {named}{more}), "
+            "while the VM's other processes do not show it; their figures are lower bounds"
         )
     return [
-        f"- host speed: a fixed Python loop took {times[0]} ms before the first session "
-        f"and {times[-1]} ms at the end, {fastest}–{slowest} ms over {len(times)} "
-        f"probes → {verdict}"
+        f"- host speed: a fixed loop timed in CPU time every {hostspeed.INTERVAL_S} s of each "
+        f"measured run, {reference:.2f} ms at the run's {hostspeed.REFERENCE_PCT}th percentile "
+        f"(its reference); {share:.0%} of the {len(samples):,} samples of the kept runs more "
+        f"than {hostspeed.SLOW - 1:.0%} slower → {verdict}"
     ]
 
 
@@ -786,8 +828,8 @@ def headline(data: dict) -> list[str]:
     retried = sum(len(r.get("attempts_foreign_cpu_pct", [])) > 1 for r in data["results"])
     if retried:
         verdict += (
-            f"; {retried} case(s) were measured again after waiting for a quiet moment "
-            f"(up to {o.get('busy_retries')} times), keeping the quietest attempt"
+            f"; {retried} case(s) were measured again, others busy or the host slow "
+            f"(up to {o.get('busy_retries')} times), keeping the least disturbed attempt"
         )
     return [
         f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['memory_gib']} GiB, "
@@ -801,7 +843,7 @@ def headline(data: dict) -> list[str]:
         f"{m.get('loadavg_after', [0])[0]:.2f} after; CPU used by other processes during "
         f"the measured runs: mean {sum(foreign) / max(1, len(foreign)):.1f}%, max {busy:.1f}% "
         f"of the machine → {verdict}",
-        *host_line(data.get("host_probes", [])),
+        *host_line(data),
         *bytecode_line(data.get("lbproxy_bytecode")),
     ]
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from app.config import parse_config
-from bench import harness, load, peers, report, tls, wsload
+from bench import harness, hostspeed, load, peers, report, tls, wsload
 from bench.__main__ import parse_args
 from devkit import processes
 from devkit.lbproxy import IMAGE_PYCACHE, compile_image_bytecode, image_python_env
@@ -33,6 +33,7 @@ ROW_FIELDS = {
     "mb_per_s", "latency_us", "errors", "errors_total", "cpu_us_per_req",
     "upstream_cpu_us_per_req", "rss_kib", "pss_kib", "rss_kib_peak", "processes",
     "foreign_cpu_pct", "ratio_haproxy", "tls_case", "tool", "load_command", "repeat", "workers",
+    "host_ms", "host_slow_pct",
 }  # fmt: skip
 
 
@@ -112,12 +113,19 @@ def test_smoke_lbproxy_variants_are_labelled(smoke):
         assert session["label"] in text
 
 
-def test_smoke_probes_the_hosts_speed_before_each_session_and_at_the_end(smoke):
+def test_smoke_samples_the_hosts_speed_through_every_measured_run(smoke):
     data = smoke["data"]
-    probes = data["host_probes"]
-    assert [p["before"] for p in probes] == [s["peer"] for s in data["sessions"]] + ["end"]
-    assert all(p["ms"] > 0 for p in probes)
-    assert "- host speed: a fixed Python loop took" in (smoke["out"] / "latest.md").read_text()
+    reference = data["host_reference_ms"]
+    # The calibration's 5 s and 2 s measured per run, a sample every INTERVAL_S.
+    assert data["host_samples"] >= 30 + 5 * len(data["results"])
+    for row in data["results"]:
+        assert len(row["host_ms"]) >= 5, row["peer"]
+        assert min(row["host_ms"]) > 0
+        share = hostspeed.slow_share(row["host_ms"], reference)
+        assert row["host_slow_pct"] == round(100 * share, 1)
+        assert row["attempts_host_slow_pct"][-1] is not None
+    text = (smoke["out"] / "latest.md").read_text()
+    assert "- host speed: a fixed loop timed in CPU time" in text
 
 
 # Every module a worker imports, and whether its bytecode is there (run under
@@ -154,21 +162,76 @@ def test_the_report_says_why_bytecode_is_incomplete(tmp_path):
     assert report.bytecode_line(None) == []  # a run without lbproxy
 
 
+def _host_row(peer: str, samples: list[float], connections: int = 100, **more) -> dict:
+    return {"section": "main", "peer": peer, "connections": connections, "path": "/1k",
+            "foreign_cpu_pct": 0.0, "host_ms": samples, **more}  # fmt: skip
+
+
 def test_the_report_tells_a_steady_host_from_one_that_slowed():
-    def probes(*times):
-        names = ["direct", "haproxy", "lbproxy-2w", "end"]
-        return [{"before": name, "ms": ms} for name, ms in zip(names, times, strict=True)]
+    steady = [1.0] * 9 + [1.2]  # 1 of 10 samples slow: 10%, not more
+    slowed = [1.0] * 8 + [1.2, 1.7]  # 2 of 10: 20%
+    data = {"host_reference_ms": 1.0, "results": [_host_row("direct", steady)]}
+    report.host_slowness(data)
+    assert data["results"][0]["host_slow_pct"] == 10.0
+    (line,) = report.host_line(data)
+    assert "1.00 ms at the run's 5th percentile" in line and "10% of the 10 samples" in line
+    assert "→ steady" in line
+    data["results"].append(_host_row("lbproxy-2w", slowed, repeat=2))
+    report.host_slowness(data)
+    (line,) = report.host_line(data)
+    assert "**the host slowed 1 of 2 measured runs**" in line and "lbproxy-2w c=100 #2" in line
+    assert report.host_line({"results": data["results"]}) == []  # a run from before it
 
-    (steady,) = report.host_line(probes(30.0, 31.0, 33.0, 30.5))
-    assert "30.0–33.0 ms over 4 probes → steady" in steady
-    (slowed,) = report.host_line(probes(30.0, 31.0, 45.0, 30.5))
-    assert "**the host slowed part of the run**" in slowed
-    assert "before lbproxy-2w" in slowed and "50% longer" in slowed
-    assert report.host_line([]) == []  # a run from before the probes renders as it did
+
+def test_the_quiet_target_names_each_disturbed_run():
+    rows = [_host_row("lbproxy-2w", [1.0] * 10), _host_row("uvicorn", [1.0] * 10),
+            _host_row("haproxy", [2.0] * 10)]  # fmt: skip
+    data = {"host_reference_ms": 1.0, "results": rows}
+    report.host_slowness(data)
+    quiet = report.quiet_target(data)
+    assert (quiet["figure"], quiet["met"]) == ("2 of 2 runs", True)  # HAProxy is not compared
+    rows[1]["foreign_cpu_pct"] = 12.0  # others busy
+    rows[0]["host_ms"] = [1.0] * 8 + [1.3] * 2  # 20% slow
+    report.host_slowness(data)
+    quiet = report.quiet_target(data)
+    assert quiet["met"] is False
+    assert quiet["figure"] == "0 of 2 runs (slowed: lbproxy-2w c=100, uvicorn c=100)"
+    assert report.quiet_target({"results": rows})["met"] is None  # no host samples
 
 
-def test_the_host_probe_times_its_loop():
-    assert 0 < harness.host_probe_ms() < 5_000
+def test_the_host_monitor_samples_until_stopped():
+    monitor = hostspeed.Monitor(interval=0.01).start()
+    time.sleep(0.2)
+    samples = monitor.stop()
+    assert len(samples) >= 3 and all(0 < sample < 1_000 for sample in samples)
+    count = len(samples)
+    time.sleep(0.05)
+    assert len(monitor.samples) == count  # stopped: no sample after stop()
+
+
+def test_slow_share_and_slowed_against_the_runs_reference():
+    assert hostspeed.reference([]) == 0.0
+    samples = [5.0] + [1.0] * 5 + [2.0] * 14  # one odd fast sample is not the reference
+    assert hostspeed.reference(samples) == 1.0
+    assert hostspeed.reference([1.0] * 19 + [0.5]) == 1.0
+    assert hostspeed.slow_share([], 1.0) is None
+    assert hostspeed.slow_share([1.0, 1.15, 1.16, 2.0], 1.0) == 0.5  # over 15%: slow
+    assert not hostspeed.slowed(None) and not hostspeed.slowed(10.0) and hostspeed.slowed(10.1)
+
+
+def test_waiting_for_a_fast_host_ends_at_its_limit_or_when_fast():
+    assert hostspeed.wait_until_fast(1e-9, limit=0.1, interval=0.01) < 0.5  # never fast: limit
+    # Any machine runs the loop within 1e9 ms: fast at once, FAST_RUN samples.
+    assert hostspeed.wait_until_fast(1e9, limit=30, interval=0.01) < 5
+
+
+def test_a_disturbed_attempt_is_measured_again_and_the_least_disturbed_kept():
+    quiet = {"foreign_cpu_pct": 1.0, "host_slow_pct": 5.0}
+    slowed = {"foreign_cpu_pct": 0.0, "host_slow_pct": 30.0}
+    busy = {"foreign_cpu_pct": 15.0, "host_slow_pct": 0.0}
+    assert not harness.disturbed(quiet) and harness.disturbed(slowed) and harness.disturbed(busy)
+    assert min([slowed, busy, quiet], key=harness.disturbance) is quiet
+    assert min([slowed, busy], key=harness.disturbance) is busy  # the host's share first
 
 
 @pytest.mark.slow
@@ -343,7 +406,8 @@ def test_report_marks_issue_22s_targets_against_the_best_asyncio_peer():
     assert status["workers split within 60/40 at 100 and 400 connections, every run"] is False
     # 85 MiB at 100 connections: met, though 400 connections took 95.
     assert status["≤ 90 MiB RSS, master + 2 workers, at 100 connections"] is True
-    assert len(report.targets_table(data, "targets_22")) == 2 + 6  # a header, a rule, 6 rows
+    assert status[report.quiet_target(data)["target"]] is None  # no host samples in these rows
+    assert len(report.targets_table(data, "targets_22")) == 2 + 7  # a header, a rule, 7 rows
     # A run without its split, or a peer with no requests, is not a pass nor a crash.
     data["results"][-1]["workers"] = {"requests": [0, 0]}
     data["results"][-2]["rss_kib"] = 91 * 1024
