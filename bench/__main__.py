@@ -91,7 +91,9 @@ def parse_args(argv: list[str]) -> harness.Options:
         type=int,
         metavar="N",
         help="measure a case again (up to N times) when other processes used >= 10%% CPU "
-        "during it, keeping the quietest attempt (default 3 for a full run, 0 otherwise)",
+        "during it or the host slowed the VM (docs/bench.md#was-the-machine-quiet), keeping "
+        "the least disturbed attempt (default 3 for a full run, 0 otherwise; 5 more for the "
+        "runs issue 22's targets compare)",
     )
     parser.add_argument(
         "--retry-wait",

@@ -313,13 +313,14 @@ def targets_22(data: dict) -> list[dict]:
     return out
 
 
+def compared(row: dict) -> bool:
+    """Whether issue 22's targets compare this run: lbproxy's or an asyncio peer's, main section."""
+    return row["section"] == "main" and row["peer"] in (TARGET_PEER, *ASYNCIO_PEERS)
+
+
 def quiet_target(data: dict) -> dict:
     """Whether every run the targets above compare was measured undisturbed."""
-    runs = [
-        row
-        for row in data["results"]
-        if row["section"] == "main" and row["peer"] in (TARGET_PEER, *ASYNCIO_PEERS)
-    ]
+    runs = [row for row in data["results"] if compared(row)]
     text = "one quiet run: every run compared above measured with the host at speed"
     if not data.get("host_reference_ms") or not runs:
         return {"target": text, "figure": "not measured", "met": None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import yaml
 from app.config import parse_config
 from bench import harness, hostspeed, load, peers, report, tls, wsload
 from bench.__main__ import parse_args
+from bench.peers import PEERS
 from devkit import processes
 from devkit.lbproxy import IMAGE_PYCACHE, compile_image_bytecode, image_python_env
 
@@ -223,6 +225,47 @@ def test_waiting_for_a_fast_host_ends_at_its_limit_or_when_fast():
     assert hostspeed.wait_until_fast(1e-9, limit=0.1, interval=0.01) < 0.5  # never fast: limit
     # Any machine runs the loop within 1e9 ms: fast at once, FAST_RUN samples.
     assert hostspeed.wait_until_fast(1e9, limit=30, interval=0.01) < 5
+
+
+class ScriptedRunner(harness.Runner):
+    """A Runner whose measured runs come from a script: (foreign %, host slow %) each."""
+
+    def __init__(self, options, script):
+        super().__init__(options)
+        shutil.rmtree(self.tmp)
+        self.script = list(script)
+        self.host_samples = [1.0]  # calibrated: a full run waits for a fast host first
+        self.waits = 0
+
+    def measure(self, peer, process, port, case, sink):
+        foreign, slow = self.script.pop(0)
+        fast, slowed = round(100 - slow), round(slow)
+        return {"section": case.section, "peer": peer.name, "foreign_cpu_pct": foreign,
+                "host_ms": [1.0] * fast + [2.0] * slowed}  # fmt: skip
+
+
+def test_a_slowed_case_is_measured_again_up_to_its_retries(monkeypatch):
+    waited = []
+    monkeypatch.setattr(hostspeed, "wait_until_fast", lambda ref, limit: waited.append(ref))
+    options = harness.Options(busy_retries=3, budget=600)
+    main = harness.Case("main", 100)
+    slow = [(0.0, 50.0)] * 20
+    runner = ScriptedRunner(options, slow)
+    row = runner.measure_quietly(PEERS["haproxy"], None, 0, main, None)
+    assert row["attempts_host_slow_pct"] == [50.0] * 4  # 1 + busy_retries: not compared
+    runner = ScriptedRunner(options, slow)
+    row = runner.measure_quietly(PEERS["lbproxy-2w"], None, 0, main, None)
+    assert len(row["attempts_host_slow_pct"]) == 1 + 3 + harness.COMPARED_EXTRA_RETRIES
+    assert len(waited) == 4 + 9  # before every attempt
+    # The first undisturbed attempt ends it, and is the one kept.
+    runner = ScriptedRunner(options, [(0.0, 40.0), (12.0, 0.0), (0.0, 5.0), (0.0, 0.0)])
+    row = runner.measure_quietly(PEERS["uvicorn"], None, 0, main, None)
+    assert row["attempts_foreign_cpu_pct"] == [0.0, 12.0, 0.0]
+    assert row["host_slow_pct"] == 5.0 and row["foreign_cpu_pct"] == 0.0
+    # No retries (a smoke or partial run): measured once, no wait.
+    runner = ScriptedRunner(harness.Options(), slow)
+    row = runner.measure_quietly(PEERS["lbproxy-2w"], None, 0, main, None)
+    assert row["attempts_host_slow_pct"] == [50.0] and len(waited) == 4 + 9 + 3
 
 
 def test_a_disturbed_attempt_is_measured_again_and_the_least_disturbed_kept():
