@@ -948,8 +948,8 @@ class Runner:
         mine0 = cpu_seconds_self_and_children()
         started = time.monotonic()
         spec = self.load_spec(case, port, options.duration)
-        host = hostspeed.Monitor().start()
         wrk = load.start(spec, self.tmp / f"{spec.tool}.log")
+        host = hostspeed.Monitor().start()  # stopped in the finally below
         rss = pss = peak = 0
         count = len(pids)
         split = None
