@@ -100,7 +100,7 @@ ORDER = (
 FULL_PEERS = ORDER
 SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
 ASYNCIO_PEERS = ("aiohttp", "uvicorn", "granian")
-QUIET_PCT = 10.0  # "quiet": other processes use less than this % of the machine
+QUIET_PCT = report.QUIET_PCT  # "quiet": other processes use less than this % of the machine
 HOST_WAIT_S = 15  # a full run waits up to this long for a fast host before each case
 # The runs issue 22's targets compare (report.compared) must all be undisturbed
 # for "one quiet run": they get this many attempts more than the others.
@@ -890,51 +890,62 @@ class Runner:
 
     def measure_quietly(self, peer, process, port, case: Case, sink) -> dict:
         """Measure; measure again if other processes took >= QUIET_PCT of the CPU
-        or the host slowed the VM (hostspeed.slowed).
+        or, for a run issue 22's targets compare (report.compared), if the host
+        slowed the VM (hostspeed.slowed).
 
-        A full run first waits (up to HOST_WAIT_S) for the host to be fast.
         Keeps the least disturbed attempt; bounded by busy_retries (plus
-        COMPARED_EXTRA_RETRIES for a run issue 22's targets compare), retry_wait
-        and the run's budget.
+        COMPARED_EXTRA_RETRIES for a compared run), retry_wait and the run's
+        budget. Other runs record the host's speed but are not measured again
+        for it: on a host slow half the time, that would spend the budget
+        before the compared runs came.
         """
         options = self.options
-        row = self.measure_when_fast(peer, process, port, case, sink)
+        watch_host = bool(options.busy_retries) and report.compared(case.section, peer.name)
+        retries = options.busy_retries + (COMPARED_EXTRA_RETRIES if watch_host else 0)
+        row = self.measure(peer, process, port, case, sink, wait_for_host=watch_host)
         attempts = [row]
-        retries = options.busy_retries
-        if retries and report.compared(row):
-            retries += COMPARED_EXTRA_RETRIES
-        while disturbed(row) and len(attempts) <= retries and time.monotonic() < self.deadline:
+        while (
+            disturbed(row, watch_host)
+            and len(attempts) <= retries
+            and time.monotonic() < self.deadline
+        ):
             last = attempts[-1]
             if last["foreign_cpu_pct"] >= QUIET_PCT:
                 self.log(f"  busy ({last['foreign_cpu_pct']}% CPU used by others): measuring again")
                 wait_for_quiet(int(min(options.retry_wait, self.time_left())))
             else:
                 self.log(f"  host slowed {last['host_slow_pct']}% of samples: measuring again")
-            attempts.append(self.measure_when_fast(peer, process, port, case, sink))
-            row = min(attempts, key=disturbance)
+            attempts.append(self.measure(peer, process, port, case, sink, wait_for_host=watch_host))
+            row = min(attempts, key=lambda attempt: disturbance(attempt, watch_host))
         row["attempts_foreign_cpu_pct"] = [each["foreign_cpu_pct"] for each in attempts]
+        # Each attempt's samples: the report judges them all against the final reference.
+        row["attempts_host_ms"] = [each["host_ms"] for each in attempts]
         row["attempts_host_slow_pct"] = [each["host_slow_pct"] for each in attempts]
         return row
 
     def time_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
-    def measure_when_fast(self, peer, process, port, case: Case, sink) -> dict:
-        """On a full run (busy_retries), wait for a fast host first; then measure."""
-        if self.options.busy_retries and self.host_samples:
-            limit = min(HOST_WAIT_S, self.time_left())
+    def wait_for_fast_host(self) -> None:
+        """Up to HOST_WAIT_S (within the budget) for the host to be fast again."""
+        limit = min(HOST_WAIT_S, self.time_left())
+        if self.host_samples and limit > 0:
             hostspeed.wait_until_fast(self.host_reference_ms(), limit)
-        row = self.measure(peer, process, port, case, sink)
+
+    def judge_host(self, row: dict) -> None:
+        """Keep the run's samples; its slow share against the reference so far."""
         self.host_samples += row["host_ms"]
         share = hostspeed.slow_share(row["host_ms"], self.host_reference_ms())
         row["host_slow_pct"] = None if share is None else round(100 * share, 1)
-        return row
 
-    def measure(self, peer, process, port, case: Case, sink) -> dict:
+    def measure(self, peer, process, port, case: Case, sink, wait_for_host=False) -> dict:
+        """One measured run (after the warm-up, and wait_for_host: a fast host)."""
         options = self.options
         upstream = self.upstream_of(case)
         if options.warmup > 0:
             self.drive(self.load_spec(case, port, options.warmup))
+        if wait_for_host:
+            self.wait_for_fast_host()
         is_direct = process is upstream
         pids = process.tree()
         up_pids = upstream.tree()
@@ -968,10 +979,10 @@ class Runner:
                         split = fuller(connections_by_worker(port, workers), split)
             output, _ = wrk.communicate(timeout=5)
         finally:
-            host_ms = host.stop()
             if wrk.poll() is None:
                 os.kill(wrk.pid, signal.SIGKILL)
                 wrk.wait()
+            host_ms = host.stop()
         elapsed = time.monotonic() - started
         workers1 = cpu_ticks_each(workers)
         cpu = (cpu_ticks(process.tree()) - cpu0) / CLOCK_TICKS
@@ -1019,6 +1030,7 @@ class Runner:
         if case.tls == "handshake":  # every request on a new connection: one handshake each
             row["handshakes_per_s"] = row["rps"]
         row["workers"] = worker_split(workers, (workers0, workers1), split, requests)
+        self.judge_host(row)
         return row
 
     def load_spec(self, case: Case, port: int, seconds: int) -> load.Spec:
@@ -1036,14 +1048,16 @@ class Runner:
         return spec.parse(output)
 
 
-def disturbed(row: dict) -> bool:
-    """Measured while other processes took >= QUIET_PCT or the host slowed the VM."""
-    return row["foreign_cpu_pct"] >= QUIET_PCT or hostspeed.slowed(row.get("host_slow_pct"))
+def disturbed(row: dict, host: bool = True) -> bool:
+    """Measured while other processes took >= QUIET_PCT or (host) the host slowed the VM."""
+    return row["foreign_cpu_pct"] >= QUIET_PCT or (host and hostspeed.slowed(row["host_slow_pct"]))
 
 
-def disturbance(row: dict) -> tuple:
-    """The order attempts are kept in: undisturbed first, then the host's share, then others'."""
-    return (disturbed(row), row.get("host_slow_pct") or 0.0, row["foreign_cpu_pct"])
+def disturbance(row: dict, host: bool = True) -> float:
+    """How far past its limit the worse of the two disturbances went (< 1: neither);
+    without ``host``, the others' CPU only."""
+    slow = (row["host_slow_pct"] or 0.0) / (100 * hostspeed.SLOW_SHARE) if host else 0.0
+    return max(row["foreign_cpu_pct"] / QUIET_PCT, slow)
 
 
 def split_offset(spec: load.Spec) -> float:
@@ -1170,7 +1184,7 @@ def run(options: Options) -> dict:
             signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, previous)
         data["host_reference_ms"] = runner.host_reference_ms()
-        data["host_samples"] = len(runner.host_samples)
+        data["host_sample_count"] = len(runner.host_samples)
         data["elapsed_s"] = round(time.monotonic() - started, 1)
         data["machine"]["loadavg_after"] = os.getloadavg()
         data["results"] = runner.rows

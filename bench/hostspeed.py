@@ -67,8 +67,11 @@ class Monitor:
 def sample_for(seconds: float, interval: float = INTERVAL_S) -> list[float]:
     """Samples taken over ``seconds`` (the calibration before the first session)."""
     monitor = Monitor(interval).start()
-    time.sleep(seconds)
-    return monitor.stop()
+    try:
+        time.sleep(seconds)
+    finally:
+        monitor.stop()
+    return monitor.samples
 
 
 def reference(samples: list[float]) -> float:

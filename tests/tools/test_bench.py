@@ -119,7 +119,7 @@ def test_smoke_samples_the_hosts_speed_through_every_measured_run(smoke):
     data = smoke["data"]
     reference = data["host_reference_ms"]
     # The calibration's 5 s and 2 s measured per run, a sample every INTERVAL_S.
-    assert data["host_samples"] >= 30 + 5 * len(data["results"])
+    assert data["host_sample_count"] >= 30 + 5 * len(data["results"])
     for row in data["results"]:
         assert len(row["host_ms"]) >= 5, row["peer"]
         assert min(row["host_ms"]) > 0
@@ -185,6 +185,17 @@ def test_the_report_tells_a_steady_host_from_one_that_slowed():
     assert report.host_line({"results": data["results"]}) == []  # a run from before it
 
 
+def test_the_report_judges_every_attempt_against_the_final_reference():
+    kept = [1.0] * 10
+    row = _host_row("lbproxy-2w", kept, attempts_host_ms=[[1.1] * 10, kept],
+                    attempts_host_slow_pct=[0.0, 0.0])  # the harness's, against 1.0  # fmt: skip
+    data = {"host_reference_ms": 0.9, "results": [row]}  # later samples were faster
+    report.host_slowness(data)
+    assert row["attempts_host_slow_pct"] == [100.0, 0.0] and row["host_slow_pct"] == 0.0
+    bodies = _host_row("haproxy", kept, section="bodies", path="/1m", repeat=2)
+    assert report._run_name(bodies) == "haproxy bodies /1m c=100 #2"
+
+
 def test_the_quiet_target_names_each_disturbed_run():
     rows = [_host_row("lbproxy-2w", [1.0] * 10), _host_row("uvicorn", [1.0] * 10),
             _host_row("haproxy", [2.0] * 10)]  # fmt: skip
@@ -197,7 +208,7 @@ def test_the_quiet_target_names_each_disturbed_run():
     report.host_slowness(data)
     quiet = report.quiet_target(data)
     assert quiet["met"] is False
-    assert quiet["figure"] == "0 of 2 runs (slowed: lbproxy-2w c=100, uvicorn c=100)"
+    assert quiet["figure"] == "0 of 2 runs (disturbed: lbproxy-2w c=100, uvicorn c=100)"
     assert report.quiet_target({"results": rows})["met"] is None  # no host samples
 
 
@@ -221,60 +232,96 @@ def test_slow_share_and_slowed_against_the_runs_reference():
     assert not hostspeed.slowed(None) and not hostspeed.slowed(10.0) and hostspeed.slowed(10.1)
 
 
-def test_waiting_for_a_fast_host_ends_at_its_limit_or_when_fast():
-    assert hostspeed.wait_until_fast(1e-9, limit=0.1, interval=0.01) < 0.5  # never fast: limit
-    # Any machine runs the loop within 1e9 ms: fast at once, FAST_RUN samples.
-    assert hostspeed.wait_until_fast(1e9, limit=30, interval=0.01) < 5
+def test_waiting_for_a_fast_host_ends_at_its_limit_or_when_fast(monkeypatch):
+    took = hostspeed.wait_until_fast(1e-9, limit=0.1, interval=0.01)  # never fast
+    assert 0.1 <= took < 1.0
+    script = iter([2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 9.0])
+    monkeypatch.setattr(hostspeed, "loop_ms", lambda: next(script))
+    assert hostspeed.wait_until_fast(1.0, limit=30, interval=0.001) < 1.0
+    assert next(script) == 9.0  # a slow sample restarted the count: 7 samples, not 3
 
 
 class ScriptedRunner(harness.Runner):
-    """A Runner whose measured runs come from a script: (foreign %, host slow %) each."""
+    """A Runner whose measured runs come from a script of (foreign %, host slow %).
+
+    ``measure`` stands in for the load and /proc, keeping the harness's own
+    steps around them: the wait for a fast host, then the judgement of the host.
+    """
 
     def __init__(self, options, script):
         super().__init__(options)
         shutil.rmtree(self.tmp)
         self.script = list(script)
-        self.host_samples = [1.0]  # calibrated: a full run waits for a fast host first
-        self.waits = 0
+        self.host_samples = [1.0] * 100  # calibrated at 1.0 ms
+        self.asked_to_wait = []
 
-    def measure(self, peer, process, port, case, sink):
+    def measure(self, peer, process, port, case, sink, wait_for_host=False):
+        self.asked_to_wait.append(wait_for_host)
+        if wait_for_host:
+            self.wait_for_fast_host()
         foreign, slow = self.script.pop(0)
-        fast, slowed = round(100 - slow), round(slow)
-        return {"section": case.section, "peer": peer.name, "foreign_cpu_pct": foreign,
-                "host_ms": [1.0] * fast + [2.0] * slowed}  # fmt: skip
+        row = {"section": case.section, "peer": peer.name, "foreign_cpu_pct": foreign,
+               "host_ms": [1.0] * round(100 - slow) + [2.0] * round(slow)}  # fmt: skip
+        self.judge_host(row)
+        return row
 
 
-def test_a_slowed_case_is_measured_again_up_to_its_retries(monkeypatch):
-    waited = []
-    monkeypatch.setattr(hostspeed, "wait_until_fast", lambda ref, limit: waited.append(ref))
+@pytest.fixture
+def no_waiting(monkeypatch):
+    """The waits a retry makes, recorded instead of waited."""
+    waits = {"host": [], "quiet": []}
+    monkeypatch.setattr(hostspeed, "wait_until_fast", lambda ref, limit: waits["host"].append(ref))
+    monkeypatch.setattr(harness, "wait_for_quiet", lambda limit: waits["quiet"].append(limit))
+    return waits
+
+
+def test_a_compared_run_is_measured_again_while_the_host_slows_it(no_waiting):
     options = harness.Options(busy_retries=3, budget=600)
     main = harness.Case("main", 100)
     slow = [(0.0, 50.0)] * 20
     runner = ScriptedRunner(options, slow)
-    row = runner.measure_quietly(PEERS["haproxy"], None, 0, main, None)
-    assert row["attempts_host_slow_pct"] == [50.0] * 4  # 1 + busy_retries: not compared
-    runner = ScriptedRunner(options, slow)
     row = runner.measure_quietly(PEERS["lbproxy-2w"], None, 0, main, None)
-    assert len(row["attempts_host_slow_pct"]) == 1 + 3 + harness.COMPARED_EXTRA_RETRIES
-    assert len(waited) == 4 + 9  # before every attempt
-    # The first undisturbed attempt ends it, and is the one kept.
+    assert row["attempts_host_slow_pct"] == [50.0] * (1 + 3 + harness.COMPARED_EXTRA_RETRIES)
+    assert no_waiting["host"] == [1.0] * 9 and runner.asked_to_wait == [True] * 9
+    assert len(row["attempts_host_ms"]) == 9 and row["attempts_host_ms"][-1] == row["host_ms"]
+    # The first undisturbed attempt ends it and is kept; a busy one waits for quiet.
     runner = ScriptedRunner(options, [(0.0, 40.0), (12.0, 0.0), (0.0, 5.0), (0.0, 0.0)])
     row = runner.measure_quietly(PEERS["uvicorn"], None, 0, main, None)
     assert row["attempts_foreign_cpu_pct"] == [0.0, 12.0, 0.0]
     assert row["host_slow_pct"] == 5.0 and row["foreign_cpu_pct"] == 0.0
-    # No retries (a smoke or partial run): measured once, no wait.
-    runner = ScriptedRunner(harness.Options(), slow)
+    assert len(no_waiting["quiet"]) == 1
+
+
+def test_other_runs_are_measured_again_only_when_others_were_busy(no_waiting):
+    options = harness.Options(busy_retries=3, budget=600)
+    runner = ScriptedRunner(options, [(0.0, 50.0)] * 5)
+    row = runner.measure_quietly(PEERS["haproxy"], None, 0, harness.Case("main", 100), None)
+    assert row["attempts_host_slow_pct"] == [50.0]  # recorded, not retried for
+    assert runner.asked_to_wait == [False]
+    runner = ScriptedRunner(options, [(20.0, 50.0), (15.0, 0.0), (5.0, 90.0)])
+    row = runner.measure_quietly(PEERS["lbproxy-2w"], None, 0, harness.Case("bodies", 100), None)
+    assert row["attempts_foreign_cpu_pct"] == [20.0, 15.0, 5.0] and row["host_slow_pct"] == 90.0
+
+
+def test_no_retry_without_retries_or_budget(no_waiting):
+    main = harness.Case("main", 100)
+    runner = ScriptedRunner(harness.Options(), [(50.0, 50.0)] * 5)  # a smoke or partial run
     row = runner.measure_quietly(PEERS["lbproxy-2w"], None, 0, main, None)
-    assert row["attempts_host_slow_pct"] == [50.0] and len(waited) == 4 + 9 + 3
+    assert row["attempts_host_slow_pct"] == [50.0] and runner.asked_to_wait == [False]
+    runner = ScriptedRunner(harness.Options(busy_retries=3, budget=0), [(50.0, 50.0)] * 5)
+    row = runner.measure_quietly(PEERS["lbproxy-2w"], None, 0, main, None)
+    assert row["attempts_foreign_cpu_pct"] == [50.0] and no_waiting == {"host": [], "quiet": []}
 
 
-def test_a_disturbed_attempt_is_measured_again_and_the_least_disturbed_kept():
+def test_the_least_disturbed_attempt_is_kept():
     quiet = {"foreign_cpu_pct": 1.0, "host_slow_pct": 5.0}
-    slowed = {"foreign_cpu_pct": 0.0, "host_slow_pct": 30.0}
-    busy = {"foreign_cpu_pct": 15.0, "host_slow_pct": 0.0}
+    slowed = {"foreign_cpu_pct": 0.0, "host_slow_pct": 30.0}  # 3 times its limit
+    busy = {"foreign_cpu_pct": 60.0, "host_slow_pct": 0.0}  # 6 times its limit
     assert not harness.disturbed(quiet) and harness.disturbed(slowed) and harness.disturbed(busy)
+    assert not harness.disturbed(slowed, host=False)
     assert min([slowed, busy, quiet], key=harness.disturbance) is quiet
-    assert min([slowed, busy], key=harness.disturbance) is busy  # the host's share first
+    assert min([slowed, busy], key=harness.disturbance) is slowed
+    assert harness.disturbance(slowed, host=False) == 0.0  # a run not compared: others only
 
 
 @pytest.mark.slow
