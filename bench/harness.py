@@ -907,7 +907,7 @@ class Runner:
         row = self.measure(peer, process, port, case, sink, wait_for_host=watch_host)
         attempts = [row]
         while (
-            disturbed(row, watch_host)
+            report.disturbed(row, watch_host)
             and len(attempts) <= retries
             and time.monotonic() < self.deadline
         ):
@@ -937,8 +937,7 @@ class Runner:
     def judge_host(self, row: dict) -> None:
         """Keep the run's samples; its slow share against the reference so far."""
         self.host_samples += row["host_ms"]
-        share = hostspeed.slow_share(row["host_ms"], self.host_reference_ms())
-        row["host_slow_pct"] = None if share is None else round(100 * share, 1)
+        row["host_slow_pct"] = hostspeed.slow_pct(row["host_ms"], self.host_reference_ms())
 
     def measure(self, peer, process, port, case: Case, sink, wait_for_host=False) -> dict:
         """One measured run (after the warm-up, and wait_for_host: a fast host)."""
@@ -1048,11 +1047,6 @@ class Runner:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
         return spec.parse(output)
-
-
-def disturbed(row: dict, host: bool = True) -> bool:
-    """Measured while other processes took >= QUIET_PCT or (host) the host slowed the VM."""
-    return row["foreign_cpu_pct"] >= QUIET_PCT or (host and hostspeed.slowed(row["host_slow_pct"]))
 
 
 def disturbance(row: dict, host: bool = True) -> float:

@@ -89,6 +89,12 @@ def slow_share(samples: list[float], reference: float) -> float | None:
     return sum(sample > limit for sample in samples) / len(samples)
 
 
+def slow_pct(samples: list[float], reference: float) -> float | None:
+    """``slow_share`` as a percentage to 0.1, as rows record it (None: no sample)."""
+    share = slow_share(samples, reference)
+    return None if share is None else round(100 * share, 1)
+
+
 def slowed(pct: float | None) -> bool:
     """Whether a measured run with this % of slow samples was slowed (None: not sampled)."""
     return pct is not None and pct > 100 * SLOW_SHARE

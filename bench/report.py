@@ -125,21 +125,19 @@ def host_slowness(data: dict) -> None:
     if not reference:
         return  # a run from before the monitor
     for row in data.get("results", []):
-        row["host_slow_pct"] = _slow_pct(row.get("host_ms"), reference)
+        row["host_slow_pct"] = hostspeed.slow_pct(row.get("host_ms") or [], reference)
         if "attempts_host_ms" in row:
             row["attempts_host_slow_pct"] = [
-                _slow_pct(samples, reference) for samples in row["attempts_host_ms"]
+                hostspeed.slow_pct(samples, reference) for samples in row["attempts_host_ms"]
             ]
 
 
-def _slow_pct(samples: list[float] | None, reference: float) -> float | None:
-    share = hostspeed.slow_share(samples or [], reference)
-    return None if share is None else round(100 * share, 1)
-
-
-def undisturbed(row: dict) -> bool:
-    """Measured with others below QUIET_PCT of the CPU and the host at speed."""
-    return row["foreign_cpu_pct"] < QUIET_PCT and not hostspeed.slowed(row.get("host_slow_pct"))
+def disturbed(row: dict, host: bool = True) -> bool:
+    """Measured while other processes took >= QUIET_PCT of the CPU or (``host``)
+    the host slowed the VM (hostspeed.slowed)."""
+    return row["foreign_cpu_pct"] >= QUIET_PCT or (
+        host and hostspeed.slowed(row.get("host_slow_pct"))
+    )
 
 
 def derive(data: dict) -> None:
@@ -332,15 +330,15 @@ def quiet_target(data: dict) -> dict:
     runs = [row for row in data["results"] if compared(row["section"], row["peer"])]
     text = (
         "one quiet run: every run compared above measured undisturbed "
-        "(the host at speed, others < 10% CPU)"
+        f"(the host at speed, others < {QUIET_PCT:.0f}% CPU)"
     )
     if not data.get("host_reference_ms") or not runs:
         return {"target": text, "figure": "not measured", "met": None}
-    disturbed = [row for row in runs if not undisturbed(row)]
-    figure = f"{len(runs) - len(disturbed)} of {len(runs)} runs"
-    if disturbed:
-        figure += " (disturbed: " + ", ".join(_run_name(row) for row in disturbed) + ")"
-    return {"target": text, "figure": figure, "met": not disturbed}
+    troubled = [row for row in runs if disturbed(row)]
+    figure = f"{len(runs) - len(troubled)} of {len(runs)} runs"
+    if troubled:
+        figure += " (disturbed: " + ", ".join(_run_name(row) for row in troubled) + ")"
+    return {"target": text, "figure": figure, "met": not troubled}
 
 
 def _run_name(row: dict) -> str:

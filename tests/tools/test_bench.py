@@ -317,8 +317,8 @@ def test_the_least_disturbed_attempt_is_kept():
     quiet = {"foreign_cpu_pct": 1.0, "host_slow_pct": 5.0}
     slowed = {"foreign_cpu_pct": 0.0, "host_slow_pct": 30.0}  # 3 times its limit
     busy = {"foreign_cpu_pct": 60.0, "host_slow_pct": 0.0}  # 6 times its limit
-    assert not harness.disturbed(quiet) and harness.disturbed(slowed) and harness.disturbed(busy)
-    assert not harness.disturbed(slowed, host=False)
+    assert not report.disturbed(quiet) and report.disturbed(slowed) and report.disturbed(busy)
+    assert not report.disturbed(slowed, host=False)
     assert min([slowed, busy, quiet], key=harness.disturbance) is quiet
     assert min([slowed, busy], key=harness.disturbance) is slowed
     assert harness.disturbance(slowed, host=False) == 0.0  # a run not compared: others only
