@@ -27,7 +27,7 @@ becomes a 502 (app/errors.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # --- errors ----------------------------------------------------------------
@@ -75,16 +75,6 @@ _STATUS_LINE = re.compile(r"HTTP/1\.(\d) ([1-5]\d\d)(?: ([\t\x20-\x7e\x80-\xff]*
 _FIELD = re.compile(rf"({_TOKEN}):([\t\x20-\x7e\x80-\xff]*)")
 _OWS = " \t"
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-# Every field line of a block at once, each from a line start to its CRLF (the
-# value excludes CR and LF, so no match spans two lines); the value without the
-# spaces around it. Possessive (``*+``, Python 3.11) so that nothing is tried
-# twice: a lazy value between two runs of spaces backtracked in cubic time on
-# a long line that did not match, holding the worker. A value ending in spaces
-# does not match here; tabs never reach it (_fast_fields): both go to the line
-# reader, which strips them.
-_FIELD_LINE = re.compile(
-    rf"(?m)^({_TOKEN}):[ ]*+([\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff]*+(?<! ))?)?\r\n"
-)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 
 _FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding"})
@@ -112,15 +102,19 @@ _TOKENS_SEEN_MAX = 256
 _TOKENS_SEEN_LONGEST = 64
 
 
-def field_block(fields: Iterable[tuple[str, str]]) -> str:
+def field_block(fields: Sequence[tuple[str, str]]) -> str:
     """``name: value\r\n`` lines, for a request or a response head.
 
     ValueError if a CR, LF or NUL inside a name or value would split a line
-    (header injection): the one check both directions go through.
+    (header injection): the one check both directions go through. Names and
+    values are str, as WSGI has them (TypeError otherwise); joined with no
+    Python loop, as a comprehension would make one.
     """
-    lines = [f"{name}: {value}\r\n" for name, value in fields]
-    block = "".join(lines)
-    if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\x00" in block:
+    if not fields:
+        return ""
+    block = "\r\n".join(map(": ".join, fields)) + "\r\n"
+    lines = len(fields)
+    if block.count("\n") != lines or block.count("\r") != lines or "\x00" in block:
         raise ValueError("CR, LF or NUL in a header")
     return block
 
@@ -207,8 +201,8 @@ def parse_request_head(text: str, limits: HeadLimits) -> RequestHead:
     """The head of one request (latin-1 text without its final CRLF CRLF)."""
     first, _, block = text.partition("\r\n")
     method, target, version = _request_line(first, limits)
-    headers = _fast_fields(block, limits.header_size) if block else []
-    if headers is None:
+    parsed = _fast_fields(block, limits.header_size) if block else ([], [])
+    if parsed is None:
         lines = block.split("\r\n")
         if len(lines) > limits.header_count:
             raise HeaderFieldsTooLarge(f"more than {limits.header_count} header fields")
@@ -220,10 +214,13 @@ def parse_request_head(text: str, limits: HeadLimits) -> RequestHead:
             if matched is None:
                 raise ProtocolError("invalid header line")
             headers.append(_field(matched))
-    elif len(headers) > limits.header_count:
-        raise HeaderFieldsTooLarge(f"more than {limits.header_count} header fields")
+        names = lower_names(headers)
+    else:
+        headers, names = parsed
+        if len(headers) > limits.header_count:
+            raise HeaderFieldsTooLarge(f"more than {limits.header_count} header fields")
     head = RequestHead(method, target, version, headers)
-    head.names = lower_names(headers)
+    head.names = names
     head.path, head.authority = split_target(target)
     _request_framing(head)
     return head
@@ -305,39 +302,74 @@ def parse_response_head(text: str, method: str) -> ResponseHead:
     if status_line is None:
         raise ProtocolError("invalid status line")
     version = (1, int(status_line[1]))
-    fields = _fast_fields(block) if block else []
-    if fields is None:
+    parsed = _fast_fields(block) if block else ([], [])
+    if parsed is None:
         fields = _fields(block.split("\r\n"))
+        names = lower_names(fields)
+    else:
+        fields, names = parsed
     head = ResponseHead(version, int(status_line[2]), status_line[3] or "", fields)
-    head.names = lower_names(fields)
+    head.names = names
     _response_framing(head, method)
     return head
 
 
-def _fast_fields(block: str, line_limit: int | None = None) -> list[tuple[str, str]] | None:
-    """The (name, value) fields of a head's header lines, read in one pass; None
-    when a line needs the line-by-line reader, which then decides: an invalid
-    line, an obsolete fold, a tab anywhere (refused in framing fields), a value
-    ending in spaces, or a block longer than ``line_limit``, where one of its
-    lines may be.
+def _fast_fields(
+    block: str, line_limit: int | None = None
+) -> tuple[list[tuple[str, str]], list[str]] | None:
+    """The (name, value) fields of a head's header lines and their names
+    lower-cased, read with string methods (C loops); None when a line needs the
+    line-by-line reader, which then decides: a byte outside printable ASCII
+    (a control character, a tab, obs-text, a bare CR or LF), a line that is no
+    ``token ":" value`` (an obsolete fold among them), or a block longer than
+    ``line_limit``, where one of its lines may be.
 
-    Every line matched exactly when the matches, one per CRLF, are as many as
-    the block's line feeds (so there is no bare LF either).
+    A regular expression over the block did this before; the ``re`` engine
+    costs a few dozen machine instructions a character, these string methods a
+    few (docs/bench.md, "Instructions per request").
     """
-    if "\t" in block or (line_limit is not None and len(block) > line_limit):
+    if not block.isascii() or (line_limit is not None and len(block) > line_limit):
         return None
-    block += "\r\n"
-    fields = _FIELD_LINE.findall(block)
-    if len(fields) != block.count("\n"):
+    lines = block.split("\r\n")
+    if not "".join(lines).isprintable():  # SP to ~ only: no CR, LF, HTAB, NUL or DEL left
         return None
-    return fields
+    fields = []
+    names = []
+    seen = _NAMES_SEEN
+    for line in lines:
+        name, colon, value = line.partition(":")
+        lower = seen.get(name) or _token_lower(name)
+        if lower is None or not colon:
+            return None
+        fields.append((name, value.strip(" ")))  # OWS; tabs never come this way
+        names.append(lower)
+    return fields, names
+
+
+# Valid field names seen, lower-cased: heads repeat a few names, each then
+# checked and lower-cased once per worker. Short names only, and so many, or a
+# client could park header-sized names in every worker.
+_NAMES_SEEN: dict[str, str] = {}
+_NAMES_SEEN_MAX = 512
+_NAMES_SEEN_LONGEST = 64
+_TOKEN_NAME = re.compile(_TOKEN)
+
+
+def _token_lower(name: str) -> str | None:
+    """``name`` lower-cased if it is a token (RFC 9110 §5.6.2), else None."""
+    if _TOKEN_NAME.fullmatch(name) is None:
+        return None
+    lower = name.lower()
+    if len(name) <= _NAMES_SEEN_LONGEST and len(_NAMES_SEEN) < _NAMES_SEEN_MAX:
+        _NAMES_SEEN[name] = lower
+    return lower
 
 
 def lower_names(fields: list[tuple[str, str]]) -> list[str]:
-    """The fields' names, lower-cased, in their order: one lower() for the lot."""
-    if not fields:
-        return []
-    return "\n".join([name for name, _ in fields]).lower().split("\n")  # names are tokens
+    """The fields' names, lower-cased, in their order (those seen before, from
+    the names the head reader keeps)."""
+    seen = _NAMES_SEEN
+    return [seen.get(name) or name.lower() for name, _ in fields]
 
 
 def _fields(lines: list[str]) -> list[tuple[str, str]]:
@@ -373,9 +405,13 @@ def _field(field: re.Match) -> tuple[str, str]:
 
 def _response_framing(head: ResponseHead, method: str) -> None:
     """RFC 9112 §6.3, in its order: no body, chunked, Content-Length, until close."""
-    lengths = values_of(head, "content-length")
-    codings = values_of(head, "transfer-encoding")
-    connection = ",".join(values_of(head, "connection"))
+    names, fields = head.names, head.headers
+    lengths = field_values(names, fields, "content-length")
+    codings = connection = ""  # (list scans in C: most responses have no Transfer-Encoding)
+    if "transfer-encoding" in names:
+        codings = field_values(names, fields, "transfer-encoding")
+    if "connection" in names:
+        connection = ",".join(field_values(names, fields, "connection"))
     head.keep_alive = _keep_alive(head.version, connection)
     head.has_body = response_has_body(method, head.status)
     if codings:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-from app.http.framing import connection_tokens, lower_names
+from app.http.framing import connection_tokens, field_values, lower_names
 
 HOP_BY_HOP = frozenset(
     {
@@ -87,13 +87,12 @@ def upstream_headers(
     if names is None:
         names = lower_names(fields)
     dropped = _DROPPED_FROM_REQUESTS
+    if "connection" in names:  # (list scans in C: most requests have neither)
+        for value in field_values(names, fields, "connection"):
+            dropped = _with_listed(dropped, value)
     forwarded_for = []
-    if "connection" in names or "x-forwarded-for" in names:
-        for key, (_, value) in zip(names, fields, strict=True):
-            if key == "connection":
-                dropped = _with_listed(dropped, value)
-            elif key == "x-forwarded-for":
-                forwarded_for.append(value)
+    if "x-forwarded-for" in names:
+        forwarded_for = field_values(names, fields, "x-forwarded-for")
     headers = [("Host", host)]
     headers += [
         field
@@ -129,9 +128,8 @@ def response_headers(
         names = lower_names(items)
     dropped = _dropped_from_responses(also_dropped)
     if "connection" in names:
-        for key, (_, value) in zip(names, items, strict=True):
-            if key == "connection":
-                dropped = _with_listed(dropped, value)
+        for value in field_values(names, items, "connection"):
+            dropped = _with_listed(dropped, value)
     return [item for key, item in zip(names, items, strict=True) if key not in dropped]
 
 

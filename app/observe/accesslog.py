@@ -29,8 +29,14 @@ LOGGED_KEYS = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "HTTP_HOST")
 
 
 def logged_environ(environ: dict) -> dict:
-    """The part of ``environ`` an access-log line reads."""
-    return {key: environ[key] for key in LOGGED_KEYS if key in environ}
+    """The part of ``environ`` an access-log line reads (None where it has none)."""
+    get = environ.get  # a literal, not a comprehension over LOGGED_KEYS: once per request
+    return {
+        "REMOTE_ADDR": get("REMOTE_ADDR"),
+        "REQUEST_METHOD": get("REQUEST_METHOD"),
+        "RAW_URI": get("RAW_URI"),
+        "HTTP_HOST": get("HTTP_HOST"),
+    }
 
 
 def entry(record: Record, environ: dict) -> dict:
@@ -60,9 +66,11 @@ def entry(record: Record, environ: dict) -> dict:
 def line(record: Record, environ: dict) -> str:
     """``entry()`` as one compact JSON line, written out field by field.
 
-    The same text ``json.dumps(entry(...))`` gives (a test holds them equal),
-    in a quarter of the time: strings go through json's C escaper, numbers
-    are formatted directly.
+    The same JSON as ``json.dumps(entry(...))`` (a test holds them equal), in a
+    quarter of the time: strings go through json's C escaper, numbers are
+    formatted directly, times with 3 decimals (``17.600``, where json would
+    write ``17.6``: the same number, without ``round()``, which costs more
+    than the formatting).
     """
     # Inline conditionals, not helper calls: this runs once per request.
     get, enc = environ.get, encode_basestring_ascii
@@ -89,9 +97,9 @@ def line(record: Record, environ: dict) -> str:
         f'"upstream":{"null" if upstream is None else enc(upstream)},'
         f'"outcome":{enc(record.outcome)},"upstream_status":{_int(record.upstream_status)},'
         f'"status":{_int(record.status)},"response_bytes":{record.bytes_out},'
-        f'"request_bytes":{record.bytes_in},"duration_ms":{round(record.duration * 1000, 3)!r},'
-        f'"connect_ms":{"null" if connect is None else repr(round(connect * 1000, 3))},'
-        f'"upstream_ms":{"null" if waited is None else repr(round(waited * 1000, 3))},'
+        f'"request_bytes":{record.bytes_in},"duration_ms":{record.duration * 1000:.3f},'
+        f'"connect_ms":{"null" if connect is None else f"{connect * 1000:.3f}"},'
+        f'"upstream_ms":{"null" if waited is None else f"{waited * 1000:.3f}"},'
         f'"retries":{record.retries},'
         f'"tunnel_close":{"null" if tunnel_close is None else enc(tunnel_close)}}}'
     )
@@ -167,4 +175,5 @@ def _iso(epoch: float) -> str:
     second = int(epoch)
     if second != _second[0]:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int(epoch % 1 * 1000):03d}Z"
+    # %d takes the float and truncates it; an f-string's :03d would need an int() call first.
+    return "%s.%03dZ" % (_second[1], (epoch - second) * 1000)  # noqa: UP031

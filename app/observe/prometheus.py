@@ -37,6 +37,7 @@ DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: from 1 ms to 10 s, with 0.25 s, the latency SLO's edge (monitoring/slo.yaml).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNROUTED = "unrouted"
+_CODES = tuple(f"{n}xx" for n in range(10))  # a status's class label, made once
 
 
 def prepare_directory(environ=os.environ) -> Path | None:
@@ -144,7 +145,7 @@ class PrometheusFeed:
     def request_done(self, record: Record) -> None:
         counts = self.counts
         service = record.service or UNROUTED
-        code = f"{record.status // 100}xx" if record.status else "none"
+        code = _CODES[record.status // 100] if record.status else "none"
         counts[(self.requests, (service, code))] += 1
         if record.outcome != "success":
             counts[(self.errors, (service, record.outcome))] += 1

@@ -4,7 +4,8 @@
 # package is missing.
 #   apt:  wrk (load generator), haproxy and nginx (peers; nginx is also the upstream),
 #         nghttp2-client (h2load: the HTTP/2 load of the tls section),
-#         iproute2 (ss: which worker holds each client connection)
+#         iproute2 (ss: which worker holds each client connection),
+#         valgrind (bench/instructions.py: instructions per request, counted)
 #   pip:  proxy.py, mitmproxy and the asyncio peers' aiohttp, uvloop, uvicorn,
 #         httptools and granian, pinned in bench/requirements-peers.txt, into a
 #         venv of their own (bench/.venv-peers, gitignored): they pull in ~50
@@ -23,6 +24,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+command -v callgrind_control >/dev/null 2>&1 || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install/bench: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -40,7 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in wrk /usr/sbin/haproxy /usr/sbin/nginx h2load ss; do
+for tool in wrk /usr/sbin/haproxy /usr/sbin/nginx h2load ss callgrind_control; do
     command -v "$tool" >/dev/null || { echo "install/bench: no $tool after install" >&2; exit 1; }
 done
 

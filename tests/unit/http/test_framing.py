@@ -213,13 +213,16 @@ def test_the_one_pass_field_reader_reads_every_block_as_the_line_reader(block):
     fast = _fast_fields(block)
     if fast is None:
         return  # the line reader decides (the request path takes it then)
-    assert fast == _line_by_line(block)
+    fields, names = fast
+    assert fields == _line_by_line(block)
+    assert names == [name.lower() for name, _ in fields]
 
 
 def test_the_one_pass_reader_leaves_every_doubtful_block_to_the_line_reader():
     from app.http.framing import _fast_fields
 
-    assert _fast_fields("Host: a\r\nX: b") == [("Host", "a"), ("X", "b")]
+    assert _fast_fields("Host: a\r\nX: b") == ([("Host", "a"), ("X", "b")], ["host", "x"])
+    assert _fast_fields("Host: a\r\nX: b  ") == ([("Host", "a"), ("X", "b")], ["host", "x"])
     for block in (
         "Host: a\nX: b",  # a bare LF
         "Host: a\rX: b",  # a bare CR
@@ -227,10 +230,27 @@ def test_the_one_pass_reader_leaves_every_doubtful_block_to_the_line_reader():
         "Host: a\r\nbad line X: b",  # a line that is no field
         "Transfer-Encoding: chunked\t",  # a tab (refused in framing fields)
         "Host : a",  # space before the colon
-        "Host: a\r\nX: b  ",  # spaces after the value (the line reader strips them)
+        "Host: a\r\nX: caf\xe9",  # obs-text (the line reader passes it)
+        "Host: a\r\nX: b\x00",  # a control character
+        "Host: a\r\nX: b\x7f",  # DEL
+        "Host: a\r\n: b",  # no name
+        "Host: a\r\nX b",  # no colon
+        "Host: a\r\nX\\: b",  # a name that is no token
     ):
         assert _fast_fields(block) is None, block
     assert _fast_fields("X: " + "a" * 60, line_limit=50) is None  # the limit is the line reader's
+
+
+def test_the_names_the_one_pass_reader_remembers_are_short_and_bounded(monkeypatch):
+    from app.http import framing
+
+    monkeypatch.setattr(framing, "_NAMES_SEEN", {})
+    monkeypatch.setattr(framing, "_NAMES_SEEN_MAX", 2)
+    long_name = "X-" + "a" * framing._NAMES_SEEN_LONGEST
+    _, names = framing._fast_fields(f"A: 1\r\n{long_name}: 2\r\nB: 3\r\nC: 4")
+    assert names == ["a", long_name.lower(), "b", "c"]
+    assert framing._NAMES_SEEN == {"A": "a", "B": "b"}  # the long one, then the third, not kept
+    assert framing._fast_fields("A: 5\r\nc: 6") == ([("A", "5"), ("c", "6")], ["a", "c"])
 
 
 @given(st.lists(st.sampled_from(["Host", "X-A", "CONTENT-length", "Ünï", "a-B"]), max_size=5))

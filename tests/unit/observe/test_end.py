@@ -48,7 +48,9 @@ def test_in_batches_records_wait_for_a_full_batch_or_a_drain_and_keep_their_time
     ended(end, "c")  # the batch is full
     assert metrics.done == ["a", "b", "c"] and metrics.tunnels == ["b"]
     assert [request_id for request_id, _ in lines] == ["a", "b", "c"]
-    assert lines[0][1] == {"REMOTE_ADDR": "10.0.0.1", "RAW_URI": "/a"}  # what the line reads
+    assert lines[0][1] == {  # what the line reads
+        "REMOTE_ADDR": "10.0.0.1", "REQUEST_METHOD": None, "RAW_URI": "/a", "HTTP_HOST": None,
+    }  # fmt: skip
     assert first.finished == finished and end.pending == []
     ended(end, "d")
     end.drain()  # each second, and at the worker's exit

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 
 from app.config import HealthCheck, Host, Outlier, Service
@@ -115,6 +117,10 @@ def test_active_checks_need_their_thresholds_both_ways():
 @pytest.fixture(scope="module")
 def mock():
     server = start_mock("probe")
+    # Its port opens in gunicorn's master before the worker has booted: the
+    # probes' short timeouts start once it answers (a slow host took > 0.5 s).
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=30) as answer:
+        assert answer.status == 200
     yield server
     server.stop()
 
