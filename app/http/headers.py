@@ -123,7 +123,8 @@ def response_headers(
     ``names``: the items' names lower-cased, when the parser has them already
     (``ResponseHead.names``); ``also_dropped``: more lower-case names to leave out.
     """
-    items = list(items)
+    if type(items) is not list:  # (a list is only read: the result is a new one)
+        items = list(items)
     if names is None:
         names = lower_names(items)
     dropped = _dropped_from_responses(also_dropped)
