@@ -101,12 +101,10 @@ ORDER = (
 )
 FULL_PEERS = ORDER
 SMOKE_PEERS = ("direct", "haproxy", "nginx", "lbproxy-2w", "lbproxy-2w-off")
-ASYNCIO_PEERS = ("aiohttp", "uvicorn", "granian")
+ASYNCIO_PEERS = report.ASYNCIO_PEERS
 QUIET_PCT = report.QUIET_PCT  # "quiet": other processes use less than this % of the machine
 HOST_WAIT_S = 15  # a full run waits up to this long for a fast host before each case
-# The runs issue 22's targets compare (report.compared) must all be undisturbed
-# for "one quiet run": they get this many attempts more than the others.
-COMPARED_EXTRA_RETRIES = 5
+COMPARED_EXTRA_RETRIES = report.COMPARED_EXTRA_RETRIES
 REPEAT_CONNECTIONS = 100  # the main section's point measured `repeats` times
 
 

@@ -185,6 +185,21 @@ def test_the_report_tells_a_steady_host_from_one_that_slowed():
     assert report.host_line({"results": data["results"]}) == []  # a run from before it
 
 
+def test_the_headline_gives_both_retry_limits():
+    row = _host_row("lbproxy-2w", [1.0] * 10, attempts_foreign_cpu_pct=[12.0, 1.0])
+    data = {
+        "machine": {"nproc": 2, "cpu_model": "x", "memory_gib": 24, "kernel": "6", "os": "d",
+                    "loadavg_before": [0.1]},
+        "versions": {}, "started": "t", "elapsed_s": 1, "mode": "full", "results": [row],
+        "options": {"busy_retries": 3, "warmup_s": 1, "duration_s": 4, "wrk": "-t2"},
+    }  # fmt: skip
+    text = "\n".join(report.headline(data))
+    assert "1 case(s) were measured again" in text
+    assert f"(up to 3 times, the runs the issue 22 targets compare {3 + 5})" in text
+    assert harness.COMPARED_EXTRA_RETRIES == report.COMPARED_EXTRA_RETRIES == 5
+    assert harness.ASYNCIO_PEERS is report.ASYNCIO_PEERS
+
+
 def test_the_report_judges_every_attempt_against_the_final_reference():
     kept = [1.0] * 10
     row = _host_row("lbproxy-2w", kept, attempts_host_ms=[[1.1] * 10, kept],
