@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row['variant']}: {row['per_request']:,} instructions per request (median of "
               f"{len(row['runs'])}: {min(row['runs']):,}-{max(row['runs']):,}; "
-              f"{row['requests']} requests each, {row['errors']} failed)")  # fmt: skip
+              f"{row['requests']} requests each; {row['errors']} failed, "
+              "warm-ups included)")  # fmt: skip
     if options.json:
         options.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 1 if any(c.errors for c in counts) else 0

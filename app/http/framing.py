@@ -27,7 +27,7 @@ becomes a 502 (app/errors.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # --- errors ----------------------------------------------------------------
@@ -102,19 +102,17 @@ _TOKENS_SEEN_MAX = 256
 _TOKENS_SEEN_LONGEST = 64
 
 
-def field_block(fields: Sequence[tuple[str, str]]) -> str:
+def field_block(fields: Iterable[tuple[str, str]]) -> str:
     """``name: value\r\n`` lines, for a request or a response head.
 
     ValueError if a CR, LF or NUL inside a name or value would split a line
-    (header injection): the one check both directions go through. Names and
-    values are str, as WSGI has them (TypeError otherwise); joined with no
-    Python loop, as a comprehension would make one.
+    (header injection): the one check both directions go through. Each item
+    must unpack to (name, value): an empty one cannot make an empty line,
+    which would end the head there.
     """
-    if not fields:
-        return ""
-    block = "\r\n".join(map(": ".join, fields)) + "\r\n"
-    lines = len(fields)
-    if block.count("\n") != lines or block.count("\r") != lines or "\x00" in block:
+    lines = [f"{name}: {value}\r\n" for name, value in fields]
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\x00" in block:
         raise ValueError("CR, LF or NUL in a header")
     return block
 
@@ -348,7 +346,8 @@ def _fast_fields(
 
 # Valid field names seen, lower-cased: heads repeat a few names, each then
 # checked and lower-cased once per worker. Short names only, and so many, or a
-# client could park header-sized names in every worker.
+# client could park header-sized names in every worker; a full table starts
+# again, so that junk names cannot keep the common ones out for good.
 _NAMES_SEEN: dict[str, str] = {}
 _NAMES_SEEN_MAX = 512
 _NAMES_SEEN_LONGEST = 64
@@ -360,7 +359,9 @@ def _token_lower(name: str) -> str | None:
     if _TOKEN_NAME.fullmatch(name) is None:
         return None
     lower = name.lower()
-    if len(name) <= _NAMES_SEEN_LONGEST and len(_NAMES_SEEN) < _NAMES_SEEN_MAX:
+    if len(name) <= _NAMES_SEEN_LONGEST:
+        if len(_NAMES_SEEN) >= _NAMES_SEEN_MAX:
+            _NAMES_SEEN.clear()
         _NAMES_SEEN[name] = lower
     return lower
 

@@ -156,6 +156,11 @@ def test_a_field_block_refuses_what_would_split_a_line():
     for name, value in [("A", "1\r\nB: 2"), ("A", "1\n"), ("A\r", "1"), ("A", "1\x00")]:
         with pytest.raises(ValueError):
             field_block([(name, value)])
+    # An empty item would make an empty line, which ends a head: what follows
+    # it would be read as a body, or as the next message.
+    for fields in ([("A", "1"), (), ("X-Smuggled", "1")], [(), ("A", "1")], [("A", "1"), ""]):
+        with pytest.raises(ValueError):
+            field_block(fields)
 
 
 # --- the one-pass field reader against the line-by-line one ----------------
@@ -179,6 +184,12 @@ _PIECES = st.sampled_from(
         "é",
         "(x)",
         "\x1f",
+        "\x0b",
+        "\x0c",
+        "\x80",
+        "\xa0",
+        "\xff",
+        "\r\n\r\n",
     ]
 )
 _LINE = st.one_of(
@@ -247,9 +258,11 @@ def test_the_names_the_one_pass_reader_remembers_are_short_and_bounded(monkeypat
     monkeypatch.setattr(framing, "_NAMES_SEEN", {})
     monkeypatch.setattr(framing, "_NAMES_SEEN_MAX", 2)
     long_name = "X-" + "a" * framing._NAMES_SEEN_LONGEST
-    _, names = framing._fast_fields(f"A: 1\r\n{long_name}: 2\r\nB: 3\r\nC: 4")
-    assert names == ["a", long_name.lower(), "b", "c"]
-    assert framing._NAMES_SEEN == {"A": "a", "B": "b"}  # the long one, then the third, not kept
+    _, names = framing._fast_fields(f"A: 1\r\n{long_name}: 2\r\nB: 3")
+    assert names == ["a", long_name.lower(), "b"]
+    assert framing._NAMES_SEEN == {"A": "a", "B": "b"}  # the long one not kept
+    _, names = framing._fast_fields("C: 4\r\nA: 5")  # the table is full: it starts again
+    assert names == ["c", "a"] and framing._NAMES_SEEN == {"C": "c", "A": "a"}
     assert framing._fast_fields("A: 5\r\nc: 6") == ([("A", "5"), ("c", "6")], ["a", "c"])
 
 
