@@ -95,14 +95,39 @@ class Stack:
             sock.sendall(("\n".join(lines) + "\n").encode())
 
     def wait_for(self, target: str, timestamp: int, timeout: float = 30) -> None:
-        """Until graphite-web returns a value for ``target`` at ``timestamp``."""
+        """Until graphite-web returns a value for ``target`` at ``timestamp``.
+
+        A render may fail meanwhile: while carbon creates a series' whisper
+        file, graphite-web answers 500 ("Unable to read header"), as it did
+        on a fresh CI machine.
+        """
         deadline = time.monotonic() + timeout
+        failure = None
         while time.monotonic() < deadline:
-            for entry in self.render([target], timestamp - 10, timestamp + FLUSH):
+            try:
+                entries = self.render([target], timestamp - 10, timestamp + FLUSH)
+            except evaluate.EvaluationError as error:
+                entries, failure = [], error
+            for entry in entries:
                 if any(v is not None and t == timestamp for v, t in entry["datapoints"]):
                     return
             time.sleep(0.3)
-        raise AssertionError(f"{target} at {timestamp} never readable")
+        raise AssertionError(f"{target} at {timestamp} never readable (last failure: {failure})")
+
+
+def test_waiting_for_a_series_outlasts_a_failing_render():
+    """graphite-web answers 500 while carbon creates the series' file: the wait goes on."""
+    answers = [evaluate.EvaluationError("HTTP Error 500"), [{"datapoints": [[1.0, 100]]}]]
+
+    class Scripted(Stack):
+        def render(self, targets, start, until):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    Scripted.__new__(Scripted).wait_for("t", 100, timeout=5)
+    assert answers == []
 
 
 def stack_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
