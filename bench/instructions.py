@@ -28,10 +28,10 @@ its StatsD datagrams going to bench/sink.py.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,10 +46,7 @@ from devkit.processes import Registry, StartError, free_port
 
 VARIANTS = {"on": "lbproxy-1w", "off": "lbproxy-1w-off"}
 PATH = "/1k"
-REQUEST = (
-    f"GET {PATH} HTTP/1.1\r\nHost: {peers.BENCH_DOMAIN}\r\nUser-Agent: bench-instructions\r\n"
-    "Accept: */*\r\n\r\n"
-).encode("latin-1")
+HEADERS = (("Host", peers.BENCH_DOMAIN), ("User-Agent", "bench-instructions"), ("Accept", "*/*"))
 STARTUP_S = 300  # gunicorn's start under valgrind: 10-20 s here
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
 
@@ -72,15 +69,21 @@ def send_requests(port: int, total: int, connections: int, timeout: float = 60.0
     errors = [0] * connections
 
     def one_connection(index: int, count: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-                buffer = b""
-                for _ in range(count):
-                    sock.sendall(REQUEST)
-                    ok, buffer = _read_response(sock, buffer)
-                    errors[index] += not ok
-        except OSError:
+            for _ in range(count):
+                # The same head every time, with no header http.client would add.
+                connection.putrequest("GET", PATH, skip_host=True, skip_accept_encoding=True)
+                for name, value in HEADERS:
+                    connection.putheader(name, value)
+                connection.endheaders()
+                answer = connection.getresponse()
+                answer.read()
+                errors[index] += answer.status != 200
+        except (OSError, http.client.HTTPException):
             errors[index] = count
+        finally:
+            connection.close()
 
     share = [total // connections + (i < total % connections) for i in range(connections)]
     threads = [threading.Thread(target=one_connection, args=(i, n)) for i, n in enumerate(share)]
@@ -89,27 +92,6 @@ def send_requests(port: int, total: int, connections: int, timeout: float = 60.0
     for thread in threads:
         thread.join()
     return sum(errors)
-
-
-def _read_response(sock: socket.socket, buffer: bytes) -> tuple[bool, bytes]:
-    """(a 200 with a body of its Content-Length, what came after it)."""
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        buffer += _recv(sock)
-    head = buffer[:end].decode("latin-1").lower()
-    length = re.search(r"\r\ncontent-length: *(\d+)", head)
-    if length is None:
-        raise OSError("no Content-Length in the response")
-    stop = end + 4 + int(length[1])
-    while len(buffer) < stop:
-        buffer += _recv(sock)
-    return head.startswith("http/1.1 200 "), buffer[stop:]
-
-
-def _recv(sock: socket.socket) -> bytes:
-    data = sock.recv(65536)
-    if not data:
-        raise OSError("the proxy closed the connection")
-    return data
 
 
 def callgrind_total(dump: Path) -> int:

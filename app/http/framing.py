@@ -408,7 +408,8 @@ def _response_framing(head: ResponseHead, method: str) -> None:
     """RFC 9112 §6.3, in its order: no body, chunked, Content-Length, until close."""
     names, fields = head.names, head.headers
     lengths = field_values(names, fields, "content-length")
-    codings = connection = ""  # (list scans in C: most responses have no Transfer-Encoding)
+    codings: list[str] = []  # (list scans in C: most responses have no Transfer-Encoding)
+    connection = ""
     if "transfer-encoding" in names:
         codings = field_values(names, fields, "transfer-encoding")
     if "connection" in names:

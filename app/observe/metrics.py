@@ -153,26 +153,21 @@ class Metrics:
             scopes = self._scopes_of(record.service, record.upstream)
         counters, timers = self.counters, self.timers
         status_class = record.status // 100 if record.status else None
-        duration, upstream_time, connect_time = (
-            record.duration * 1000,
-            record.upstream_time,
-            record.connect_time,
-        )
-        if upstream_time is not None:
-            upstream_time *= 1000
-        if connect_time is not None:
-            connect_time *= 1000
+        # Milliseconds, as StatsD timers take them.
+        duration_ms = record.duration * 1000
+        upstream_ms = None if record.upstream_time is None else record.upstream_time * 1000
+        connect_ms = None if record.connect_time is None else record.connect_time * 1000
         for scope in scopes:
             if status_class:
                 name = scope.status[status_class]
                 counters[name] = counters.get(name, 0) + 1
             if not record.service:
                 continue  # unrouted: only status and errors
-            timers += (scope.request, duration)
-            if upstream_time is not None:
-                timers += (scope.upstream, upstream_time)
-            if connect_time is not None:
-                timers += (scope.connect, connect_time)
+            timers += (scope.request, duration_ms)
+            if upstream_ms is not None:
+                timers += (scope.upstream, upstream_ms)
+            if connect_ms is not None:
+                timers += (scope.connect, connect_ms)
             if record.bytes_in:
                 self._count(scope.bytes_in, record.bytes_in)
             if record.bytes_out:
@@ -305,8 +300,9 @@ def safe_prefix(prefix: str) -> str:
 
 
 class Datagrams:
-    """StatsD lines, prefixed and packed into datagrams of at most MAX_DATAGRAM
-    bytes, as the ``statsd`` package's pipeline packs them."""
+    """StatsD lines packed into datagrams of at most MAX_DATAGRAM bytes, as the
+    ``statsd`` package's pipeline packs them; ``prefix`` is the one the lines
+    carry (Metrics.flush writes it as it formats them)."""
 
     def __init__(self, host: str, port: int, prefix: str):
         family, _, _, _, self.address = socket.getaddrinfo(
@@ -314,11 +310,6 @@ class Datagrams:
         )[0]
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.prefix = f"{prefix}." if prefix else ""
-
-    def send(self, lines: list[str]) -> None:
-        """Send ``lines`` (without the prefix), as few datagrams as they fit in."""
-        prefix = self.prefix
-        self.send_text("\n".join([prefix + line for line in lines] if prefix else lines))
 
     def send_text(self, text: str) -> None:
         """Send lines already prefixed and joined with newlines, as few datagrams

@@ -126,7 +126,8 @@ def test_waiting_for_a_series_outlasts_a_failing_render():
                 raise answer
             return answer
 
-    Scripted.__new__(Scripted).wait_for("t", 100, timeout=5)
+    ports = {"web": 0, "statsd": 0, "carbon_line": 0}
+    Scripted(Path("unused"), {"ports": ports, "pids": {}}).wait_for("t", 100, timeout=5)
     assert answers == []
 
 

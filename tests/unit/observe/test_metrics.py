@@ -246,7 +246,8 @@ def test_lines_are_packed_into_datagrams_under_the_mtu_in_their_order(sink):
     from app.observe.metrics import MAX_DATAGRAM, Datagrams
 
     lines = [f"svc.n{n:03d}:{n}|c" for n in range(150)] + ["x" * 2000 + ":1|c", "last:1|c"]
-    Datagrams("127.0.0.1", sink.getsockname()[1], "lb").send(lines)
+    datagrams = Datagrams("127.0.0.1", sink.getsockname()[1], "lb")
+    datagrams.send_text("\n".join(datagrams.prefix + line for line in lines))
     received = []
     sink.settimeout(0.5)
     with pytest.raises(TimeoutError):
