@@ -52,7 +52,7 @@ import socket
 import statsd
 
 from app.config import Statsd
-from app.observe.record import Record
+from app.observe.record import Ended, Record, group
 
 log = logging.getLogger("gunicorn.error")
 
@@ -97,8 +97,10 @@ class Metrics:
     Counters are summed in the worker and timer samples queued; both leave in
     full datagrams (``TIMERS_PER_DATAGRAM`` samples, or every ``interval``
     seconds from the gauge loop, or at worker exit): a datagram carries many
-    requests instead of one request costing one ``sendto``. StatsD sees the
-    same totals and every timer sample. ``enabled`` False: nothing is kept.
+    requests instead of one request costing one ``sendto``. Ended requests come
+    in batches (app/observe/end.py), counted a kind at a time, each timer value
+    formatted once for the service's name and the host's. StatsD sees the same
+    totals and every timer sample. ``enabled`` False: nothing is kept.
     """
 
     TIMERS_PER_DATAGRAM = 28  # ~45 bytes a sample: a datagram's worth
@@ -110,9 +112,9 @@ class Metrics:
         self.counters: dict[str, int] = {}
         self.active: set[str] = set()  # services with news since the last gauge report
         self.reported: set[str] = set()  # services in the last gauge report
-        # Timer samples, flat: name, milliseconds, name, milliseconds... (flush
-        # formats them all in one operation).
-        self.timers: list[str | float] = []
+        # Timer samples: (names, seconds), each value sent under each name.
+        self.timers: list[tuple[tuple[str, ...], list[float]]] = []
+        self.samples = 0  # in self.timers: a datagram's worth is sent (TIMERS_PER_DATAGRAM)
         self._scopes: dict[tuple[str | None, str | None], tuple[Scope, Scope | None]] = {}
         self.lines: Datagrams | None = None
         if settings is None:
@@ -140,46 +142,58 @@ class Metrics:
         return self.client is not None or self.prometheus is not None
 
     def request_done(self, record: Record) -> None:
+        """One ended request (tests and tools; a worker hands on batches)."""
+        self.requests_done([record])
+
+    def requests_done(self, records: list[Record]) -> None:
+        """Ended requests, counted a kind at a time (app/observe/record.group)."""
+        if self.client is None and self.prometheus is None:
+            return
+        kinds = group(records)
         if self.prometheus is not None:
-            self.prometheus.request_done(record)
-        elif self.client is None:
-            return
-        if record.service:
-            self.active.add(record.service)
-        if self.client is None:
-            return
-        scopes = self._scopes.get((record.service, record.upstream))
+            self.prometheus.requests_done(kinds)
+        for kind in kinds:
+            if kind.service:
+                self.active.add(kind.service)
+            if self.client is not None:
+                self._statsd(kind)
+        if self.samples >= self.TIMERS_PER_DATAGRAM:
+            self.flush()
+
+    def _statsd(self, kind: Ended) -> None:
+        service, count = kind.service, kind.count
+        scopes = self._scopes.get((service, kind.upstream))
         if scopes is None:
-            scopes = self._scopes_of(record.service, record.upstream)
-        counters, timers = self.counters, self.timers
-        status_class = record.status // 100 if record.status else None
-        # Milliseconds, as StatsD timers take them.
-        duration_ms = record.duration * 1000
-        upstream_ms = None if record.upstream_time is None else record.upstream_time * 1000
-        connect_ms = None if record.connect_time is None else record.connect_time * 1000
+            scopes = self._scopes_of(service, kind.upstream)
+        counters = self.counters
+        status_class = kind.status // 100 if kind.status else None
         for scope in scopes:
             if status_class:
                 name = scope.status[status_class]
-                counters[name] = counters.get(name, 0) + 1
-            if not record.service:
+                counters[name] = counters.get(name, 0) + count
+            if not service:
                 continue  # unrouted: only status and errors
-            timers += (scope.request, duration_ms)
-            if upstream_ms is not None:
-                timers += (scope.upstream, upstream_ms)
-            if connect_ms is not None:
-                timers += (scope.connect, connect_ms)
-            if record.bytes_in:
-                self._count(scope.bytes_in, record.bytes_in)
-            if record.bytes_out:
-                counters[scope.bytes_out] = counters.get(scope.bytes_out, 0) + record.bytes_out
-        if record.outcome != "success" or record.retries:
-            base = safe(record.service) if record.service else UNROUTED
-            if record.outcome != "success":
-                self._count(f"{base}.errors.{record.outcome}")
-            if record.retries:
-                self._count(f"{base}.retries", record.retries)
-        if len(self.timers) >= 2 * self.TIMERS_PER_DATAGRAM:
-            self.flush()
+            if kind.bytes_in:
+                self._count(scope.bytes_in, kind.bytes_in)
+            if kind.bytes_out:
+                self._count(scope.bytes_out, kind.bytes_out)
+        if service:
+            self._time(tuple(scope.request for scope in scopes), kind.durations)
+            if kind.upstream_times:
+                self._time(tuple(scope.upstream for scope in scopes), kind.upstream_times)
+            if kind.connect_times:
+                self._time(tuple(scope.connect for scope in scopes), kind.connect_times)
+        if kind.outcome != "success" or kind.retries:
+            base = safe(service) if service else UNROUTED
+            if kind.outcome != "success":
+                self._count(f"{base}.errors.{kind.outcome}", count)
+            if kind.retries:
+                self._count(f"{base}.retries", kind.retries)
+
+    def _time(self, names: tuple[str, ...], seconds: list[float]) -> None:
+        """Timer samples: each of ``seconds`` under each of ``names``."""
+        self.timers.append((names, seconds))
+        self.samples += len(names) * len(seconds)
 
     def tunnel_opened(self, service: str) -> None:
         if self.prometheus is not None:
@@ -231,22 +245,25 @@ class Metrics:
     def flush(self, prometheus: bool = False) -> None:
         """Send what was collected (the counters summed since the last flush); with
         ``prometheus``, move Prometheus' sums into its files too. That is for the
-        interval loop and worker exit only: a full datagram flushes StatsD alone
-        (every 28 requests), and a Prometheus flush costs some 0.4 ms."""
+        interval loop and worker exit only: a datagram's worth of timer samples
+        flushes StatsD alone, and a Prometheus flush costs some 0.4 ms."""
         if prometheus and self.prometheus is not None:
             self.prometheus.flush()
         if self.client is None or not (self.counters or self.timers):
             return
         counters, self.counters = self.counters, {}
         timers, self.timers = self.timers, []
+        self.samples = 0
         prefix = self.lines.prefix
-        text = "".join([f"{prefix}{name}:{value}|c\n" for name, value in counters.items()])
-        # Every sample in one format operation, each as the statsd package writes
-        # a timer. (safe_prefix leaves no "%" in the prefix; doubled all the same,
-        # since a format error here would stop the gauge loop.)
-        line = prefix.replace("%", "%%") + "%s:%0.6f|ms\n"
-        text += (line * (len(timers) // 2)) % tuple(timers)
-        self.lines.send_text(text[:-1])
+        parts = [f"{prefix}{name}:{value}|c\n" for name, value in counters.items()]
+        for names, seconds in timers:
+            # Milliseconds as the statsd package writes a timer, each value
+            # formatted once for all its names, in one format operation.
+            values = (("%0.6f " * len(seconds)) % tuple([s * 1000 for s in seconds])).split()
+            for name in names:
+                line = f"{prefix}{name}:"
+                parts.append(line + f"|ms\n{line}".join(values) + "|ms\n")
+        self.lines.send_text("".join(parts)[:-1])
 
     def report_gauges(self, routes: dict, pools) -> None:
         """Per-worker gauges (in flight, hosts in rotation, idle pooled

@@ -10,7 +10,7 @@ across reloads. The master calls ``mark_process_dead`` in ``child_exit`` for
 the live gauges.
 
 A request is not one call into prometheus_client. Each worker sums what it
-sees in plain dicts (``request_done``, a few dict updates), and ``flush`` moves
+sees in plain dicts (``requests_done``, a few dict updates a kind of request), and ``flush`` moves
 the sums into the files every ``statsd.interval`` seconds, with StatsD's flush.
 Histograms are moved the same way, a bucket count at a time: prometheus_client
 has no public batch ``observe``, so ``flush`` adds to the histogram's
@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from app import __version__
-from app.observe.record import Record
+from app.observe.record import Ended, Record, group
 
 DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: from 1 ms to 10 s, with 0.25 s, the latency SLO's edge (monitoring/slo.yaml).
@@ -143,33 +143,39 @@ class PrometheusFeed:
     # --- per request: plain dict updates -------------------------------------
 
     def request_done(self, record: Record) -> None:
-        counts = self.counts
-        service = record.service or UNROUTED
-        code = _CODES[record.status // 100] if record.status else "none"
-        counts[(self.requests, (service, code))] += 1
-        if record.outcome != "success":
-            counts[(self.errors, (service, record.outcome))] += 1
-        if record.service is None:
-            return
-        if record.upstream is not None:
-            counts[(self.upstream_requests, (service, record.upstream, code))] += 1
-        if record.retries:
-            counts[(self.retries, (service,))] += record.retries
-        if record.bytes_in:
-            counts[(self.received, (service,))] += record.bytes_in
-        if record.bytes_out:
-            counts[(self.sent, (service,))] += record.bytes_out
-        self._sample(self.duration, service, record.duration)
-        if record.upstream_time is not None:
-            self._sample(self.upstream_duration, service, record.upstream_time)
+        self.requests_done(group([record]))
 
-    def _sample(self, histogram, service: str, seconds: float) -> None:
+    def requests_done(self, kinds: list[Ended]) -> None:
+        """Ended requests, a kind at a time (app/observe/record.group)."""
+        counts = self.counts
+        for kind in kinds:
+            service, count = kind.service or UNROUTED, kind.count
+            code = _CODES[kind.status // 100] if kind.status else "none"
+            counts[(self.requests, (service, code))] += count
+            if kind.outcome != "success":
+                counts[(self.errors, (service, kind.outcome))] += count
+            if kind.service is None:
+                continue
+            if kind.upstream is not None:
+                counts[(self.upstream_requests, (service, kind.upstream, code))] += count
+            if kind.retries:
+                counts[(self.retries, (service,))] += kind.retries
+            if kind.bytes_in:
+                counts[(self.received, (service,))] += kind.bytes_in
+            if kind.bytes_out:
+                counts[(self.sent, (service,))] += kind.bytes_out
+            self._samples(self.duration, service, kind.durations)
+            if kind.upstream_times:
+                self._samples(self.upstream_duration, service, kind.upstream_times)
+
+    def _samples(self, histogram, service: str, seconds: list[float]) -> None:
         per_service = self.samples[histogram]
         buckets = per_service.get(service)
         if buckets is None:
             buckets = per_service[service] = [0.0] * (len(BUCKETS) + 2)  # + the +Inf, the sum
-        buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        buckets[-1] += seconds
+        for value in seconds:
+            buckets[bisect.bisect_left(BUCKETS, value)] += 1
+        buckets[-1] += sum(seconds)
 
     def count(self, counter_name: str, labels: tuple, value: float = 1) -> None:
         self.counts[(getattr(self, counter_name), labels)] += value

@@ -51,3 +51,52 @@ class Record:
     @property
     def duration(self) -> float:
         return (self.finished or time.perf_counter()) - self.started
+
+
+class Ended:
+    """Ended requests of one kind (one service, host, status and outcome): their
+    count, sums and times, for the metrics (``group``)."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connect_times",
+        "count",
+        "durations",
+        "outcome",
+        "retries",
+        "service",
+        "status",
+        "upstream",
+        "upstream_times",
+    )
+
+    def __init__(self, key: tuple, records: list[Record], now: float):
+        self.service, self.upstream, self.status, self.outcome = key
+        self.count = len(records)
+        # Seconds, in the order the requests ended; None (not timed) left out.
+        self.durations = [(record.finished or now) - record.started for record in records]
+        self.upstream_times = [r.upstream_time for r in records if r.upstream_time is not None]
+        self.connect_times = [r.connect_time for r in records if r.connect_time is not None]
+        self.bytes_in = sum([record.bytes_in for record in records])
+        self.bytes_out = sum([record.bytes_out for record in records])
+        self.retries = sum([record.retries for record in records])
+
+
+def group(records: list[Record]) -> list[Ended]:
+    """``records`` by kind, in the order each kind first ended.
+
+    The metrics count a batch of requests a kind at a time: a batch is mostly
+    one or two kinds, so what a request costs them is a few list items, not
+    its own round of counter updates and formatting.
+    """
+    kinds: dict[tuple, list[Record]] = {}
+    for record in records:
+        key = (record.service, record.upstream, record.status, record.outcome)
+        same = kinds.get(key)
+        if same is None:
+            kinds[key] = [record]
+        else:
+            same.append(record)
+    now = time.perf_counter()
+    return [Ended(key, same, now) for key, same in kinds.items()]

@@ -9,14 +9,16 @@ from app.observe.record import Record
 
 
 class Counted:
-    """What the end hands a record to: metrics (request_done, tunnel_closed)."""
+    """What the end hands records to: metrics (requests_done, tunnel_closed)."""
 
     def __init__(self):
         self.done: list[str] = []
+        self.batches: list[int] = []  # records per requests_done call
         self.tunnels: list[str] = []
 
-    def request_done(self, record: Record) -> None:
-        self.done.append(record.request_id)
+    def requests_done(self, records: list[Record]) -> None:
+        self.done.extend(record.request_id for record in records)
+        self.batches.append(len(records))
 
     def tunnel_closed(self, record: Record) -> None:
         self.tunnels.append(record.request_id)
@@ -47,6 +49,7 @@ def test_in_batches_records_wait_for_a_full_batch_or_a_drain_and_keep_their_time
     assert metrics.done == [] and lines == [] and finished is not None  # ended, not handed on
     ended(end, "c")  # the batch is full
     assert metrics.done == ["a", "b", "c"] and metrics.tunnels == ["b"]
+    assert metrics.batches == [3]  # counted together
     assert [request_id for request_id, _ in lines] == ["a", "b", "c"]
     assert lines[0][1] == {  # what the line reads
         "REMOTE_ADDR": "10.0.0.1", "REQUEST_METHOD": None, "RAW_URI": "/a", "HTTP_HOST": None,
@@ -54,7 +57,9 @@ def test_in_batches_records_wait_for_a_full_batch_or_a_drain_and_keep_their_time
     assert first.finished == finished and end.pending == []
     ended(end, "d")
     end.drain()  # each second, and at the worker's exit
-    assert metrics.done[-1] == "d" and end.pending == []
+    assert metrics.done[-1] == "d" and end.pending == [] and metrics.batches == [3, 1]
+    end.drain()  # nothing kept: nothing handed on
+    assert metrics.batches == [3, 1]
 
 
 def test_a_record_that_fails_is_logged_and_the_others_still_go(caplog):
@@ -72,3 +77,18 @@ def test_a_record_that_fails_is_logged_and_the_others_still_go(caplog):
         end.drain()
     assert metrics.done == ["a", "bad", "c"]
     assert "request bad" in caplog.text
+
+
+def test_a_batch_the_metrics_fail_on_is_logged_and_still_written(caplog):
+    class Failing(Counted):
+        def requests_done(self, records):
+            raise ValueError("bad record")
+
+    lines = []
+    end = RequestEnd(Failing(), lambda record, environ: lines.append(record.request_id))
+    end.batch = 2
+    with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
+        ended(end, "a")
+        ended(end, "b")
+    assert lines == ["a", "b"]
+    assert "error counting 2 requests" in caplog.text

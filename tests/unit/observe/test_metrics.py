@@ -257,3 +257,62 @@ def test_lines_are_packed_into_datagrams_under_the_mtu_in_their_order(sink):
     assert all(len(d) < MAX_DATAGRAM for d in received if "xxx" not in d)
     assert "x" * 2000 + ":1|c" in [line.removeprefix("lb.") for line in received]
     assert [line for d in received for line in d.split("\n")] == [f"lb.{line}" for line in lines]
+
+
+def mixed_records():
+    """Ended requests of several kinds, in the order a worker might end them."""
+    from app.observe.record import Record
+
+    kinds = [
+        dict(service="web", upstream="10.0.0.1:80", status=200, bytes_out=100),
+        dict(service="web", upstream="10.0.0.2:80", status=200, bytes_in=5, connect_time=0.003),
+        dict(service="web", upstream="10.0.0.1:80", status=502, outcome="connect_error"),
+        dict(service="api", upstream="10.0.0.3:80", status=200, retries=2, bytes_out=7),
+        dict(service=None, upstream=None, status=404, outcome="unknown_domain"),
+        dict(service="web", upstream="10.0.0.1:80", status=None, outcome="client_abort"),
+    ]
+    records = []
+    for n in range(40):
+        record = Record(f"r{n}", **kinds[n * 7 % len(kinds)])
+        if record.status == 200:
+            record.upstream_time = 0.001 * (n + 1)
+        record.finished = record.started + 0.002 * (n + 1)
+        records.append(record)
+    return records
+
+
+def received(sink) -> tuple[dict[str, int], list[str]]:
+    """Every datagram until none comes: counters summed by name, timer lines sorted."""
+    counters: dict[str, int] = {}
+    timers = []
+    sink.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        while True:
+            for line in sink.recv(65536).decode().split("\n"):
+                if line.endswith("|ms"):
+                    timers.append(line)
+                else:
+                    name, _, value = line.removesuffix("|c").partition(":")
+                    counters[name] = counters.get(name, 0) + int(value)
+    return counters, sorted(timers)
+
+
+def test_a_batch_counts_what_its_requests_count_one_at_a_time(sink):
+    port = sink.getsockname()[1]
+    records = mixed_records()
+    together = Metrics(Statsd(host="127.0.0.1", port=port, prefix="lb"))
+    together.requests_done(records)
+    together.flush()
+    counters, timers = received(sink)
+    alone = Metrics(Statsd(host="127.0.0.1", port=port, prefix="lb"))
+    for record in records:
+        alone.request_done(record)
+    alone.flush()
+    assert (counters, timers) == received(sink)
+    # Every sample sent, each under its service and its host.
+    web = sum(record.service == "web" for record in records)
+    assert sum(line.startswith("lb.web.request:") for line in timers) == web
+    assert sum(line.startswith("lb.web.hosts.10_0_0_1_80.request:") for line in timers) == 20
+    assert "lb.web.hosts.10_0_0_2_80.connect:3.000000|ms" in timers
+    assert counters["lb.unrouted.errors.unknown_domain"] == 6
+    assert counters["lb.api.retries"] == 14 and counters["lb.api.bytes_out"] == 49

@@ -156,3 +156,35 @@ def test_openmetrics_only_when_accepted_with_a_q_above_zero():
     assert wants_openmetrics("text/plain;q=0.5, application/openmetrics-text;q=0.9")
     assert not wants_openmetrics("application/openmetrics-text;q=0")
     assert not wants_openmetrics("text/plain; version=0.0.4") and not wants_openmetrics("")
+
+
+def test_a_batch_sums_what_its_requests_sum_one_at_a_time():
+    from app.observe.prometheus import PrometheusFeed
+    from app.observe.record import group
+    from tests.unit.observe.test_metrics import mixed_records
+
+    records = mixed_records()
+    together, alone = PrometheusFeed(), PrometheusFeed()
+    together.requests_done(group(records))
+    for record in records:
+        alone.request_done(record)
+
+    def sums(feed):
+        counts = {(counter._name, labels): n for (counter, labels), n in feed.counts.items()}
+        samples = {
+            (histogram._name, service): buckets
+            for histogram, per_service in feed.samples.items()
+            for service, buckets in per_service.items()
+        }
+        return counts, samples
+
+    (counts, samples), (counts_alone, samples_alone) = sums(together), sums(alone)
+    assert counts == counts_alone
+    assert counts[("lbproxy_requests", ("web", "2xx"))] == 14
+    assert counts[("lbproxy_request_errors", ("unrouted", "unknown_domain"))] == 6
+    assert samples.keys() == samples_alone.keys()
+    for key, buckets in samples.items():
+        assert buckets[:-1] == samples_alone[key][:-1]  # bucket counts
+        assert abs(buckets[-1] - samples_alone[key][-1]) < 1e-9  # the sum
+    web = samples[("lbproxy_request_duration_seconds", "web")]
+    assert sum(web[:-1]) == sum(record.service == "web" for record in records) == 27
