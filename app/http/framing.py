@@ -329,7 +329,10 @@ def _fast_fields(
     if not block.isascii() or (line_limit is not None and len(block) > line_limit):
         return None
     lines = block.split("\r\n")
-    if not "".join(lines).isprintable():  # SP to ~ only: no CR, LF, HTAB, NUL or DEL left
+    # SP to ~ only: with every control character (CR, LF, HTAB, NUL, DEL...)
+    # deleted, the block is short by its CRLF separators and nothing more.
+    # (bytes.translate is a plain C loop; str.isprintable, a Unicode lookup a character.)
+    if len(block.encode("ascii").translate(None, _CONTROLS)) != len(block) - 2 * len(lines) + 2:
         return None
     fields = []
     names = []
@@ -350,6 +353,7 @@ def _fast_fields(
 # again, so that junk names cannot keep the common ones out for good.
 _NAMES_SEEN: dict[str, str] = {}
 _NAMES_SEEN_MAX = 512
+_CONTROLS = bytes(range(0x20)) + b"\x7f"
 _NAMES_SEEN_LONGEST = 64
 _TOKEN_NAME = re.compile(_TOKEN)
 

@@ -110,19 +110,31 @@ class JsonAccessLogger(Logger):
 
     def access(self, resp, req, environ, request_time):
         """gunicorn's call, which comes before the response is closed: lbproxy's
-        requests are logged at their end instead (``log_record``, from
+        requests are logged at their end instead (``log_records``, from
         app/observe/end.py), and admin-port requests not at all."""
 
-    def log_record(self, record: Record, environ: dict) -> None:
-        """One request's line (app/observe/end.py calls this once per request)."""
+    def log_records(self, ended: list[tuple[Record, dict]]) -> None:
+        """The lines of ended requests, a batch at a time (app/observe/end.py
+        hands them on), in one write. A record whose line fails is logged, and
+        the others still go."""
         if not self.access_log_enabled:
             return
-        text = line(record, environ)
+        try:
+            lines = [line(record, environ) for record, environ in ended]
+        except Exception:
+            lines = []
+            for record, environ in ended:
+                try:
+                    lines.append(line(record, environ))
+                except Exception:
+                    self.exception("lbproxy: error logging request %s", record.request_id)
         stream = self._direct_stream()
         if stream is None:
-            self.access_log.info(text)
-        else:
-            stream.write(text + "\n")
+            for text in lines:
+                self.access_log.info(text)
+        elif lines:
+            lines.append("")  # each line ends with a newline
+            stream.write("\n".join(lines))
 
     def flush_access_log(self) -> None:
         """Write out the lines buffered in the stream (once a second, and at exit)."""

@@ -39,8 +39,8 @@ from app.observe.record import Record
 
 log = logging.getLogger("gunicorn.error")
 
-# Writes one access-log line: (record, environ).
-AccessLog = Callable[[Record, dict], None]
+# Writes the access-log lines of ended requests: [(record, environ), ...].
+AccessLog = Callable[[list[tuple[Record, dict]]], None]
 
 END_BATCH = 32  # records kept before they are handed on, in a worker
 
@@ -72,17 +72,20 @@ class RequestEnd:
 
     def _hand_on(self, ended: list[tuple[Record, dict]]) -> None:
         """The metrics count the records together, a kind at a time
-        (app/observe/record.group); the access log writes a line each. A record
-        whose line fails is logged, and the others still go."""
+        (app/observe/record.group); the access log writes their lines in one
+        go (each line's failure its own: app/observe/accesslog.py)."""
         try:
             self.metrics.requests_done([record for record, _ in ended])
         except Exception:
             log.exception("lbproxy: error counting %d requests", len(ended))
-        for record, environ in ended:
-            try:
-                if record.tunnel_close is not None:
+        for record, _ in ended:
+            if record.tunnel_close is not None:
+                try:
                     self.metrics.tunnel_closed(record)
-                if self.access_log is not None:
-                    self.access_log(record, environ)
+                except Exception:
+                    log.exception("lbproxy: error counting tunnel %s", record.request_id)
+        if self.access_log is not None:
+            try:
+                self.access_log(ended)
             except Exception:
-                log.exception("lbproxy: error counting or logging request %s", record.request_id)
+                log.exception("lbproxy: error logging %d requests", len(ended))

@@ -90,7 +90,7 @@ def post_worker_init(worker):
 
     worker.wsgi.start_background(
         gevent.spawn,
-        getattr(worker.log, "log_record", None),
+        getattr(worker.log, "log_records", None),
         getattr(worker.log, "flush_access_log", None),
     )
 

@@ -76,7 +76,7 @@ def test_every_path_ends_once_with_its_record_and_stale_retries_count_as_retries
     """The one end-of-request hook (app/observe/end.py): a refusal ends on close()."""
     proxy = Proxy(CONFIG)
     ended = []
-    proxy.end.access_log = lambda record, environ: ended.append(record)
+    proxy.end.access_log = lambda batch: ended.extend(record for record, _ in batch)
 
     class StaleThenRefused:
         def send(self, host, request, timeout, deadline=None, tls=None):

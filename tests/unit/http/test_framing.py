@@ -237,6 +237,10 @@ def test_the_one_pass_reader_leaves_every_doubtful_block_to_the_line_reader():
     for block in (
         "Host: a\nX: b",  # a bare LF
         "Host: a\rX: b",  # a bare CR
+        "Host: a\n\rX: b",  # LF CR
+        "Host: a\r\r\nX: b",  # a CR before the CRLF
+        "Host: a\r\n\r\nX: b",  # an empty line
+        "Host: a\r\n",  # a CRLF at the end
         "Host: a\r\n folded",  # an obsolete fold
         "Host: a\r\nbad line X: b",  # a line that is no field
         "Transfer-Encoding: chunked\t",  # a tab (refused in framing fields)

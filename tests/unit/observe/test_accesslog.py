@@ -50,3 +50,47 @@ def test_the_fast_line_is_the_json_of_the_entry(
     assert set(logged_environ(full)) == set(LOGGED_KEYS) == set(environ)
     assert logged_environ({}) == dict.fromkeys(LOGGED_KEYS)  # None where the environ has none
     assert "\n" not in written
+
+
+def logger_to(path):
+    from gunicorn.config import Config
+
+    from app.observe.accesslog import JsonAccessLogger
+
+    config = Config()
+    config.set("accesslog", str(path))
+    return JsonAccessLogger(config)
+
+
+def ended_batch():
+    records = [Record(f"r{n}") for n in range(3)]
+    for record in records:
+        record.finish()
+    good = {"REMOTE_ADDR": "10.0.0.1", "RAW_URI": "/a"}
+    return [(records[0], good), (records[1], {"RAW_URI": 5}), (records[2], good)]
+
+
+def test_a_batch_is_written_in_one_go_and_a_line_that_fails_only_loses_itself(tmp_path, capfd):
+    logger = logger_to(tmp_path / "access.log")
+    writes = []
+    stream = logger._direct_stream()
+    stream.write = lambda text, write=stream.write: writes.append(write(text))
+    logger.log_records(ended_batch())  # r1's RAW_URI is no text: its line fails
+    logger.flush_access_log()
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    assert [json.loads(text)["request_id"] for text in lines] == ["r0", "r2"]
+    assert len(writes) == 1
+    assert "error logging request r1" in capfd.readouterr().err  # gunicorn's error log
+
+
+def test_a_handler_that_is_not_plain_gets_each_line_through_logging(tmp_path):
+    import logging
+
+    logger = logger_to(tmp_path / "access.log")
+    logger.access_log.addFilter(logging.Filter())  # a filter: lines go through logging
+    assert logger._direct_stream() is None
+    logger.log_records(ended_batch())
+    for handler in logger.access_log.handlers:
+        handler.flush()
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    assert [json.loads(text)["request_id"] for text in lines] == ["r0", "r2"]

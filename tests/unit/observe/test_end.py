@@ -33,7 +33,7 @@ def ended(end: RequestEnd, request_id: str, tunnel: str | None = None) -> Record
 
 def test_one_at_a_time_each_record_is_handed_on_as_it_ends_and_only_once():
     metrics, lines = Counted(), []
-    end = RequestEnd(metrics, lambda record, environ: lines.append(record.request_id))
+    end = RequestEnd(metrics, lambda batch: lines.extend(record.request_id for record, _ in batch))
     record = ended(end, "a")
     end(record, {})  # a second close
     assert metrics.done == lines == ["a"] and record.finished is not None
@@ -41,7 +41,7 @@ def test_one_at_a_time_each_record_is_handed_on_as_it_ends_and_only_once():
 
 def test_in_batches_records_wait_for_a_full_batch_or_a_drain_and_keep_their_times():
     metrics, lines = Counted(), []
-    end = RequestEnd(metrics, lambda record, environ: lines.append((record.request_id, environ)))
+    end = RequestEnd(metrics, lambda batch: lines.extend((r.request_id, env) for r, env in batch))
     end.batch = 3
     first = ended(end, "a")
     finished = first.finished
@@ -62,21 +62,20 @@ def test_in_batches_records_wait_for_a_full_batch_or_a_drain_and_keep_their_time
     assert metrics.batches == [3, 1]
 
 
-def test_a_record_that_fails_is_logged_and_the_others_still_go(caplog):
+def test_a_failing_access_log_is_logged_and_the_requests_still_counted(caplog):
     metrics = Counted()
 
-    def access_log(record, environ):
-        if record.request_id == "bad":
-            raise OSError("disk full")
+    def access_log(batch):
+        raise OSError("disk full")
 
     end = RequestEnd(metrics, access_log)
     end.batch = 10
-    for request_id in ("a", "bad", "c"):
-        ended(end, request_id)
+    for request_id in ("a", "b", "c"):
+        ended(end, request_id, tunnel="client" if request_id == "b" else None)
     with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
         end.drain()
-    assert metrics.done == ["a", "bad", "c"]
-    assert "request bad" in caplog.text
+    assert metrics.done == ["a", "b", "c"] and metrics.tunnels == ["b"]
+    assert "error logging 3 requests" in caplog.text
 
 
 def test_a_batch_the_metrics_fail_on_is_logged_and_still_written(caplog):
@@ -85,7 +84,9 @@ def test_a_batch_the_metrics_fail_on_is_logged_and_still_written(caplog):
             raise ValueError("bad record")
 
     lines = []
-    end = RequestEnd(Failing(), lambda record, environ: lines.append(record.request_id))
+    end = RequestEnd(
+        Failing(), lambda batch: lines.extend(record.request_id for record, _ in batch)
+    )
     end.batch = 2
     with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
         ended(end, "a")

@@ -96,7 +96,7 @@ def test_a_404_counts_an_unrouted_error(mocks, sink):
 def test_a_request_the_server_refused_counts_as_an_unrouted_bad_request(mocks, sink):
     proxy = proxy_for(mocks, sink)
     logged = []
-    proxy.end.access_log = lambda record, environ: logged.append(record)
+    proxy.end.access_log = lambda batch: logged.extend(record for record, _ in batch)
     proxy.refused_by_server({"REMOTE_ADDR": "127.0.0.1"}, 431, 40)
     proxy.metrics.flush()
     assert datagram(sink) == {
