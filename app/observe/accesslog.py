@@ -87,6 +87,7 @@ def line(record: Record, environ: dict) -> str:
         record.upstream_time,
         record.tunnel_close,
     )
+    upstream_status, status = record.upstream_status, record.status
     return (
         f'{{"time":"{_iso(record.wall_time)}","request_id":{enc(record.request_id)},'
         f'"client":{"null" if client is None else enc(client)},'
@@ -95,12 +96,14 @@ def line(record: Record, environ: dict) -> str:
         f'"host":{"null" if host is None else enc(host)},'
         f'"service":{"null" if service is None else enc(service)},'
         f'"upstream":{"null" if upstream is None else enc(upstream)},'
-        f'"outcome":{enc(record.outcome)},"upstream_status":{_int(record.upstream_status)},'
-        f'"status":{_int(record.status)},"response_bytes":{record.bytes_out},'
-        f'"request_bytes":{record.bytes_in},"duration_ms":{record.duration * 1000:.3f},'
+        f'"outcome":{enc(record.outcome)},'
+        f'"upstream_status":{_STATUSES.get(upstream_status) or _int(upstream_status)},'
+        f'"status":{_STATUSES.get(status) or _int(status)},"response_bytes":{record.bytes_out},'
+        # A 0 (no request body, no retry: the usual) as text: formatting an int costs more.
+        f'"request_bytes":{record.bytes_in or "0"},"duration_ms":{record.duration * 1000:.3f},'
         f'"connect_ms":{"null" if connect is None else f"{connect * 1000:.3f}"},'
         f'"upstream_ms":{"null" if waited is None else f"{waited * 1000:.3f}"},'
-        f'"retries":{record.retries},'
+        f'"retries":{record.retries or "0"},'
         f'"tunnel_close":{"null" if tunnel_close is None else enc(tunnel_close)}}}'
     )
 
@@ -179,13 +182,22 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-_second = [-1, ""]  # the last second formatted, and its text
+# Statuses as text, made once: a lookup costs a fraction of formatting an int.
+_STATUSES = {status: str(status) for status in range(100, 600)}
+
+_second: list = [None, ""]  # the last second formatted, and its text
+_milli: list = [None, ""]  # the last millisecond formatted, and its text
 
 
 def _iso(epoch: float) -> str:
-    """``2026-11-26T01:02:03.456Z``; the seconds part formatted once per second."""
-    second = int(epoch)
+    """``2026-11-26T01:02:03.456Z``: the seconds part formatted once per second,
+    the whole once per millisecond (under load, lines come several to a millisecond)."""
+    milli = int(epoch * 1000)
+    if milli == _milli[0]:
+        return _milli[1]
+    second, fraction = divmod(milli, 1000)
     if second != _second[0]:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    # %d takes the float and truncates it; an f-string's :03d would need an int() call first.
-    return "%s.%03dZ" % (_second[1], (epoch - second) * 1000)  # noqa: UP031
+    text = "%s.%03dZ" % (_second[1], fraction)  # noqa: UP031 (an f-string's :03d costs more)
+    _milli[0], _milli[1] = milli, text
+    return text

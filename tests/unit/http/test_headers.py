@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -131,3 +132,11 @@ def test_request_filtering_keeps_every_end_to_end_field_in_order(fields, listed)
             dropped |= connection_tokens(value)
     assert forwarded[1:-3] == [(n, v) for n, v in fields if n.lower() not in dropped]
     assert not any(name.lower() in HOP_BY_HOP for name, _ in forwarded)
+
+
+def test_names_that_are_not_the_fields_own_are_refused():
+    fields = [("A", "1"), ("B", "2")]
+    with pytest.raises(ValueError):
+        response_headers(fields, ["a"])
+    with pytest.raises(ValueError):
+        upstream_headers(fields, host="h", client="c", proto="http", names=["a", "b", "c"])

@@ -22,7 +22,7 @@ seconds = st.one_of(st.none(), st.floats(min_value=0, max_value=1e5, allow_nan=F
     text,
     text,
     text,
-    st.one_of(st.none(), st.integers(100, 599)),
+    st.one_of(st.none(), st.integers(100, 599), st.integers(0, 10**4)),
     st.integers(0, 10**12),
     seconds,
 )
@@ -34,6 +34,7 @@ def test_the_fast_line_is_the_json_of_the_entry(
     record.upstream_status = status
     record.connect_time = record.upstream_time = connect
     record.bytes_in = record.bytes_out = size
+    record.retries = size % 3
     record.finish()
     environ = {"REMOTE_ADDR": client, "REQUEST_METHOD": "GET", "RAW_URI": uri, "HTTP_HOST": host}
     written = line(record, environ)
@@ -94,3 +95,20 @@ def test_a_handler_that_is_not_plain_gets_each_line_through_logging(tmp_path):
         handler.flush()
     lines = (tmp_path / "access.log").read_text().splitlines()
     assert [json.loads(text)["request_id"] for text in lines] == ["r0", "r2"]
+
+
+def utc_millisecond(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    milli = int(epoch * 1000)
+    return f"{datetime.fromtimestamp(milli // 1000, UTC):%Y-%m-%dT%H:%M:%S}.{milli % 1000:03d}Z"
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_the_time_is_the_utc_millisecond_the_request_started(epoch):
+    from app.observe.accesslog import _iso
+
+    assert _iso(epoch) == utc_millisecond(epoch)
+    assert _iso(epoch) == utc_millisecond(epoch)  # the same millisecond: the last one formatted
+    assert _iso(epoch + 0.0005) == utc_millisecond(epoch + 0.0005)
+    assert _iso(epoch + 1.0005) == utc_millisecond(epoch + 1.0005)  # another second
