@@ -117,6 +117,33 @@ def field_block(fields: Iterable[tuple[str, str]]) -> str:
     return block
 
 
+class RenderedFields(list):
+    """Header fields whose ``name: value`` lines are made already (``block``,
+    each line ending in CRLF), with their names lower-cased (``names``) and
+    their one Content-Length read (``length``, or None).
+
+    The HTTP server writes ``block`` instead of making the lines again, as
+    long as the list still holds what it was made with (``intact``): a list
+    changed since (a header added, one replaced) is written as any other.
+    Made by app/http/headers.py from a response head's own lines; ``block``
+    must hold exactly these fields, no CR, LF or NUL inside a line, and none
+    of the fields the server decides (Connection, Transfer-Encoding, Keep-Alive).
+    """
+
+    __slots__ = ("_made_of", "block", "length", "names")
+
+    def __init__(self, fields: list[tuple[str, str]], names: list[str], block: str, length):
+        super().__init__(fields)
+        self._made_of = tuple(fields)
+        self.names = names
+        self.block = block
+        self.length = length
+
+    def intact(self) -> bool:
+        """The fields are still those ``block`` was made of."""
+        return tuple(self) == self._made_of
+
+
 def content_length(values: list[str]) -> int:
     """The body length that the Content-Length fields say, RFC 9110 §8.6.
 
@@ -188,6 +215,9 @@ class ResponseHead:
     has_body: bool = True  # False: the no-body rule (HEAD, 1xx, 204, 304)
     keep_alive: bool = True
     names: list[str] = field(default_factory=list)  # the headers' names, lower-cased
+    # The field lines as received (``name: value``, OWS kept), one per header,
+    # when every line is plain printable ASCII; None otherwise.
+    lines: list[str] | None = None
 
     @property
     def interim(self) -> bool:
@@ -199,7 +229,7 @@ def parse_request_head(text: str, limits: HeadLimits) -> RequestHead:
     """The head of one request (latin-1 text without its final CRLF CRLF)."""
     first, _, block = text.partition("\r\n")
     method, target, version = _request_line(first, limits)
-    parsed = _fast_fields(block, limits.header_size) if block else ([], [])
+    parsed = _fast_fields(block, limits.header_size) if block else ([], [], [])
     if parsed is None:
         lines = block.split("\r\n")
         if len(lines) > limits.header_count:
@@ -214,7 +244,7 @@ def parse_request_head(text: str, limits: HeadLimits) -> RequestHead:
             headers.append(_field(matched))
         names = lower_names(headers)
     else:
-        headers, names = parsed
+        headers, names, _ = parsed
         if len(headers) > limits.header_count:
             raise HeaderFieldsTooLarge(f"more than {limits.header_count} header fields")
     head = RequestHead(method, target, version, headers)
@@ -300,27 +330,29 @@ def parse_response_head(text: str, method: str) -> ResponseHead:
     if status_line is None:
         raise ProtocolError("invalid status line")
     version = (1, int(status_line[1]))
-    parsed = _fast_fields(block) if block else ([], [])
+    parsed = _fast_fields(block) if block else ([], [], [])
+    lines = None
     if parsed is None:
         fields = _fields(block.split("\r\n"))
         names = lower_names(fields)
     else:
-        fields, names = parsed
+        fields, names, lines = parsed
     head = ResponseHead(version, int(status_line[2]), status_line[3] or "", fields)
     head.names = names
+    head.lines = lines
     _response_framing(head, method)
     return head
 
 
 def _fast_fields(
     block: str, line_limit: int | None = None
-) -> tuple[list[tuple[str, str]], list[str]] | None:
-    """The (name, value) fields of a head's header lines and their names
-    lower-cased, read with string methods (C loops); None when a line needs the
-    line-by-line reader, which then decides: a byte outside printable ASCII
-    (a control character, a tab, obs-text, a bare CR or LF), a line that is no
-    ``token ":" value`` (an obsolete fold among them), or a block longer than
-    ``line_limit``, where one of its lines may be.
+) -> tuple[list[tuple[str, str]], list[str], list[str]] | None:
+    """The (name, value) fields of a head's header lines, their names
+    lower-cased and the lines themselves, read with string methods (C loops);
+    None when a line needs the line-by-line reader, which then decides: a byte
+    outside printable ASCII (a control character, a tab, obs-text, a bare CR or
+    LF), a line that is no ``token ":" value`` (an obsolete fold among them), or
+    a block longer than ``line_limit``, where one of its lines may be.
 
     A regular expression over the block did this before; the ``re`` engine
     costs a few dozen machine instructions a character, these string methods a
@@ -344,7 +376,7 @@ def _fast_fields(
             return None
         fields.append((name, value.strip(" ")))  # OWS; tabs never come this way
         names.append(lower)
-    return fields, names
+    return fields, names, lines
 
 
 # Valid field names seen, lower-cased: heads repeat a few names, each then

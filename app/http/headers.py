@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from itertools import compress
 
 from app.http.framing import connection_tokens, field_values, lower_names
 
@@ -128,10 +129,7 @@ def response_headers(
         items = list(items)
     if names is None:
         names = lower_names(items)
-    dropped = _dropped_from_responses(also_dropped)
-    if "connection" in names:
-        for value in field_values(names, items, "connection"):
-            dropped = _with_listed(dropped, value)
+    dropped = _response_dropped(items, names, also_dropped)
     _check_paired(names, items)
     return [item for key, item in zip(names, items) if key not in dropped]  # noqa: B905 (checked)
 
@@ -142,6 +140,34 @@ def _check_paired(names: list[str], fields: list) -> None:
     over a 9-field head.)"""
     if len(names) != len(fields):
         raise ValueError("header names and fields differ in number")
+
+
+def kept_response_lines(
+    items: list[tuple[str, str]],
+    names: list[str],
+    lines: list[str],
+    also_dropped: frozenset[str] = frozenset(),
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """``response_headers``, with the kept fields' names and their lines as
+    received (``lines``: one per item, from the head reader), for a response
+    whose lines are passed on as they are (app/upstream/response.py)."""
+    _check_paired(names, items)
+    _check_paired(lines, items)
+    dropped = _response_dropped(items, names, also_dropped)
+    keep = [name not in dropped for name in names]
+    return list(compress(items, keep)), list(compress(names, keep)), list(compress(lines, keep))
+
+
+def _response_dropped(
+    items: list[tuple[str, str]], names: list[str], also_dropped: frozenset[str]
+) -> frozenset[str]:
+    """The names a response's headers lose: hop-by-hop ones, those its
+    Connection lists, and ``also_dropped``."""
+    dropped = _dropped_from_responses(also_dropped)
+    if "connection" in names:
+        for value in field_values(names, items, "connection"):
+            dropped = _with_listed(dropped, value)
+    return dropped
 
 
 _DROPPED_FROM_REQUESTS = HOP_BY_HOP | SET_BY_PROXY

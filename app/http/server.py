@@ -44,6 +44,7 @@ from app.http.framing import (
     HeadLimits,
     LengthReader,
     ProtocolError,
+    RenderedFields,
     RequestHead,
     RequestLineTooLong,
     Stream,
@@ -359,6 +360,18 @@ class ResponseWriter:
         with contextlib.suppress(OSError):
             self.write(body)
 
+    def _fields(self, headers: list[tuple[str, str]]) -> str:
+        """The lines of ``headers`` but those the server decides, and their Content-Length."""
+        names = lower_names(headers)
+        for value in field_values(names, headers, "content-length"):
+            self.length = content_length([value])
+        # Connection, Transfer-Encoding and Keep-Alive are the server's to decide.
+        if _FRAMING_HEADERS.isdisjoint(names):
+            return field_block(headers)
+        return field_block(
+            [item for key, item in zip(names, headers, strict=True) if key not in _FRAMING_HEADERS]
+        )
+
     def _head(self, final: bool) -> bytes:
         """The status line and headers, with the framing this response gets."""
         if self.status is None:
@@ -366,20 +379,16 @@ class ResponseWriter:
         code = int(self.status[:3])
         request = self.request
         headers = self.headers
-        names = lower_names(headers)
-        for value in field_values(names, headers, "content-length"):
-            self.length = content_length([value])
-        # Connection, Transfer-Encoding and Keep-Alive are the server's to decide.
-        if _FRAMING_HEADERS.isdisjoint(names):
-            fields = field_block(headers)
+        if (
+            type(headers) is RenderedFields
+            and headers.intact()
+            and _FRAMING_HEADERS.isdisjoint(headers.names)
+        ):
+            # The lines are made already: a proxied response's (app/upstream/response.py).
+            self.length = headers.length
+            fields = headers.block
         else:
-            fields = field_block(
-                [
-                    item
-                    for key, item in zip(names, headers, strict=True)
-                    if key not in _FRAMING_HEADERS
-                ]
-            )
+            fields = self._fields(headers)
         if not response_has_body(request.method, code):
             self.length = 0  # no body, whatever Content-Length says
         elif self.length is None:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 
 from app.config import Host
 from app.errors import ProxyError, UpstreamFramingError, UpstreamProtocolError, UpstreamTimeout
-from app.http.framing import ProtocolError, ResponseHead
-from app.http.headers import response_headers
+from app.http.framing import ProtocolError, RenderedFields, ResponseHead
+from app.http.headers import kept_response_lines, response_headers
 
 RESPONSE_CHUNK = 64 * 1024
 # The upstream's framing never crosses (client_headers).
@@ -49,9 +49,7 @@ class UpstreamResponse:
         self.host = host
         self.status = head.status
         self.status_line = f"{head.status} {head.reason}"
-        self.headers = client_headers(head)
-        if request_id:
-            self.headers.append(("X-Request-Id", request_id))
+        self.headers = client_headers(head, request_id)
         self.connect_time = connect_time
         self.upstream_time = upstream_time
         self.bytes_sent = 0
@@ -149,15 +147,43 @@ def _failure(error: Exception) -> ProxyError:
     return UpstreamProtocolError(str(error))
 
 
-def client_headers(head: ResponseHead) -> list[tuple[str, str]]:
-    """The upstream's headers to pass on, with one Content-Length where it applies.
+def client_headers(head: ResponseHead, request_id: str = "") -> list[tuple[str, str]]:
+    """The upstream's headers to pass on, with one Content-Length where it
+    applies, then the request's X-Request-Id.
 
     The upstream's framing never crosses: its Content-Length fields go (RFC
     9112 §6.3: a chunked body's is wrong; several are collapsed into one), and
     the checked length is stated again, except on a chunked body, a 1xx or a
     204. On HEAD and 304 it is what a GET would get, as the upstream said.
+    A head of plain lines (the head reader's fast path) keeps them: the fields
+    come with their lines made (app/http/framing.RenderedFields), which the
+    HTTP server writes as they are.
     """
-    headers = response_headers(head.headers, head.names, _CONTENT_LENGTH)
+    length = None
     if head.content_length is not None and head.status >= 200 and head.status != 204:
-        headers.append(("Content-Length", str(head.content_length)))
-    return headers
+        length = head.content_length
+    if head.lines is None:
+        headers = response_headers(head.headers, head.names, _CONTENT_LENGTH)
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        if request_id:
+            headers.append(("X-Request-Id", request_id))
+        return headers
+    fields, names, lines = kept_response_lines(
+        head.headers, head.names, head.lines, _CONTENT_LENGTH
+    )
+    block = "\r\n".join(lines) + "\r\n" if lines else ""
+    if length is not None:
+        value = str(length)
+        fields.append(("Content-Length", value))
+        names.append("content-length")
+        block += f"Content-Length: {value}\r\n"
+    if request_id:
+        # Made or checked printable (app/observe/record.request_id); checked
+        # again here, where nothing else would keep a CR or LF out of the head.
+        if not (request_id.isascii() and request_id.isprintable()):
+            raise ValueError("a request id that cannot be a header value")
+        fields.append(("X-Request-Id", request_id))
+        names.append("x-request-id")
+        block += f"X-Request-Id: {request_id}\r\n"
+    return RenderedFields(fields, names, block, length)

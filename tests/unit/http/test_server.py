@@ -8,6 +8,7 @@ The real worker runs in the end-to-end and bad-input tests.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 
@@ -348,3 +349,67 @@ def test_a_refused_request_is_reported_to_the_app_with_the_bytes_sent():
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert reported == [("127.0.0.1", 431, len(body))] and body.startswith(b"431")
     assert exchange(app, b"", worker) == b"" and len(reported) == 1  # a silent close is not
+
+
+def passing(headers, parts: list[bytes]):
+    """An app that hands the server ``headers`` themselves, not a copy."""
+
+    def app(environ, start_response):
+        start_response("200 OK", headers)
+        return parts
+
+    return app
+
+
+def rendered(head_text: str, request_id: str = "id-1"):
+    """The headers a proxied response hands the server (app/upstream/response.py)."""
+    from app.http.framing import parse_response_head
+    from app.upstream.response import client_headers
+
+    return client_headers(parse_response_head(head_text, "GET"), request_id)
+
+
+UPSTREAM_HEAD = (
+    "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+    'Connection: keep-alive\r\nETag: "e1"\r\nX-Spaced:   two  words  '
+)
+
+
+def test_a_proxied_response_s_lines_are_written_as_the_upstream_sent_them():
+    from app.http.framing import RenderedFields
+
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 2
+    headers = rendered(UPSTREAM_HEAD)
+    assert type(headers) is RenderedFields and headers.intact()
+    raw = exchange(passing(headers, [b"abc"]), request)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")[3:]  # after the status line, Server and Date
+    # The upstream's own lines (its spacing kept), without what the proxy
+    # decides (Connection) or writes itself (Server), then the proxy's.
+    assert lines == [
+        "Content-Type: text/plain",
+        'ETag: "e1"',
+        "X-Spaced:   two  words  ",
+        "Content-Length: 3",
+        "X-Request-Id: id-1",
+    ]
+    assert body.startswith(b"abcHTTP/1.1 200") and raw.count(b"HTTP/1.1 200") == 2  # kept alive
+    # The same fields as a plain list make the same head, spacing aside.
+    plain = exchange(passing(list(headers), [b"abc"]), request)
+    plain = plain.replace(b"X-Spaced: two  words", b"X-Spaced:   two  words  ")
+    assert re.sub(rb"Date: [^\r]*", b"", plain) == re.sub(rb"Date: [^\r]*", b"", raw)
+
+
+def test_a_proxied_response_s_headers_changed_after_they_were_made_are_written_as_changed():
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    headers = rendered(UPSTREAM_HEAD)
+    headers.append(("Set-Cookie", "a=1"))  # as affinity does (app/wsgi.py)
+    headers[0] = ("Content-Type", "text/html")
+    assert not headers.intact()
+    raw = exchange(passing(headers, [b"abc"]), request)
+    assert b"Set-Cookie: a=1\r\n" in raw and b"Content-Type: text/html\r\n" in raw
+    assert b"text/plain" not in raw and b"X-Spaced: two  words\r\n" in raw
+    headers = rendered(UPSTREAM_HEAD)
+    headers[:] = [("Transfer-Encoding", "gzip"), *headers]  # a framing field: the server's
+    raw = exchange(passing(headers, [b"abc"]), request)
+    assert b"gzip" not in raw and raw.endswith(b"\r\n\r\nabc")

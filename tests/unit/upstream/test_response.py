@@ -111,3 +111,27 @@ def test_client_headers_carry_one_checked_content_length():
         ("Content-Length", "9")
     ]
     assert client_headers(head("HTTP/1.1 304 Not Modified")) == []
+
+
+def test_a_head_of_plain_lines_keeps_them_for_the_server():
+    from app.http.framing import RenderedFields, field_block
+
+    headers = client_headers(
+        head(
+            "HTTP/1.1 200 OK",
+            "X-A: 1",
+            "Connection: keep-alive, X-B",
+            "X-B: 2",
+            "Content-Length: 4",
+        ),
+        "rid",
+    )
+    assert type(headers) is RenderedFields
+    assert headers == [("X-A", "1"), ("Content-Length", "4"), ("X-Request-Id", "rid")]
+    assert headers.names == ["x-a", "content-length", "x-request-id"] and headers.length == 4
+    assert headers.block == field_block(headers)  # the same lines as the server would make
+    # A head the line-by-line reader read (a fold, a tab, obs-text) gives a plain list.
+    folded = client_headers(head("HTTP/1.1 200 OK", "X-A: 1", " more", "Content-Length: 4"))
+    assert type(folded) is list and folded == [("X-A", "1 more"), ("Content-Length", "4")]
+    with pytest.raises(ValueError):  # never a CR or LF into the block
+        client_headers(head("HTTP/1.1 200 OK", "X-A: 1"), "id\r\nX-Evil: 1")
