@@ -19,13 +19,14 @@ batches (``batch``: every ``END_BATCH`` requests, and ``drain``, each second
 before the access log is flushed, every ``statsd.interval`` before the metrics
 are sent, and at the worker's exit): the same code run for 32 records in a
 row, instead of once between every two requests, took 10-15 µs off a request's
-CPU under load (docs/bench.md). The metrics count a batch a kind of request at
-a time (app/observe/record.group): a batch is mostly one or two kinds, so
+CPU under load (docs/bench.md). The metrics count a batch a kind of request
+at a time (app/observe/record.group): a batch is mostly one or two kinds, so
 StatsD and Prometheus classify, sum and format once per kind, and each timer
-value once, not once per request and metric. The duration and times were taken when the
-request ended; the access-log file and the metrics get them no later than
-before, as both were already written and sent on those same ticks. Elsewhere
-(tests, tools) ``batch`` is 1: each record is handed on as it ends.
+value once, not once per request and metric; the access log writes a batch's
+lines in one go. The duration and times were taken when the request ended;
+the access-log file and the metrics get them no later than before, as both
+were already written and sent on those same ticks. Elsewhere (tests, tools)
+``batch`` is 1: each record is handed on as it ends.
 """
 
 from __future__ import annotations
