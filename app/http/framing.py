@@ -125,7 +125,7 @@ class RenderedFields(list):
     The HTTP server writes ``block`` instead of making the lines again, as
     long as the list still holds what it was made with (``intact``): a list
     changed since (a header added, one replaced) is written as any other.
-    Made by app/http/headers.py from a response head's own lines; ``block``
+    Made by app/upstream/response.client_headers from a response head's own lines; ``block``
     must hold exactly these fields, no CR, LF or NUL inside a line, and none
     of the fields the server decides (Connection, Transfer-Encoding, Keep-Alive).
     """
@@ -216,7 +216,7 @@ class ResponseHead:
     keep_alive: bool = True
     names: list[str] = field(default_factory=list)  # the headers' names, lower-cased
     # The field lines as received (``name: value``, OWS kept), one per header,
-    # when every line is plain printable ASCII; None otherwise.
+    # when the one-pass reader read the head (``_fast_fields``); None otherwise.
     lines: list[str] | None = None
 
     @property
@@ -344,6 +344,9 @@ def parse_response_head(text: str, method: str) -> ResponseHead:
     return head
 
 
+_CONTROLS = bytes(range(0x20)) + b"\x7f"  # what printable ASCII leaves out
+
+
 def _fast_fields(
     block: str, line_limit: int | None = None
 ) -> tuple[list[tuple[str, str]], list[str], list[str]] | None:
@@ -385,7 +388,6 @@ def _fast_fields(
 # again, so that junk names cannot keep the common ones out for good.
 _NAMES_SEEN: dict[str, str] = {}
 _NAMES_SEEN_MAX = 512
-_CONTROLS = bytes(range(0x20)) + b"\x7f"
 _NAMES_SEEN_LONGEST = 64
 _TOKEN_NAME = re.compile(_TOKEN)
 

@@ -118,8 +118,9 @@ class JsonAccessLogger(Logger):
 
     def log_records(self, ended: list[tuple[Record, dict]]) -> None:
         """The lines of ended requests, a batch at a time (app/observe/end.py
-        hands them on), in one write. A record whose line fails is logged, and
-        the others still go."""
+        hands them on), in one write to a plain file or stdout (through
+        ``logging`` otherwise, a call a line). A record whose line fails is
+        logged, and the others still go."""
         if not self.access_log_enabled:
             return
         try:
@@ -190,8 +191,10 @@ _milli: list = [None, ""]  # the last millisecond formatted, and its text
 
 
 def _iso(epoch: float) -> str:
-    """``2026-11-26T01:02:03.456Z``: the seconds part formatted once per second,
-    the whole once per millisecond (under load, lines come several to a millisecond)."""
+    """``2026-11-26T01:02:03.456Z``, the millisecond of ``epoch × 1000`` (which
+    float rounding puts 1 ms later about once in 7,000): the seconds part
+    formatted once per second, the whole once per millisecond (under load,
+    lines come several to a millisecond)."""
     milli = int(epoch * 1000)
     if milli == _milli[0]:
         return _milli[1]

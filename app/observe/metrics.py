@@ -103,7 +103,9 @@ class Metrics:
     totals and every timer sample. ``enabled`` False: nothing is kept.
     """
 
-    TIMERS_PER_DATAGRAM = 28  # ~45 bytes a sample: a datagram's worth
+    # ~45 bytes a sample: a datagram's worth, the most kept before a flush (a
+    # worker's batch of requests may bring more: its flush sends several datagrams).
+    TIMERS_PER_DATAGRAM = 28
 
     def __init__(self, settings: Statsd | None, prometheus=None):
         self.client = None
@@ -149,14 +151,17 @@ class Metrics:
         """Ended requests, counted a kind at a time (app/observe/record.group)."""
         if self.client is None and self.prometheus is None:
             return
-        kinds = group(records)
-        if self.prometheus is not None:
-            self.prometheus.requests_done(kinds)
-        for kind in kinds:
-            if kind.service:
-                self.active.add(kind.service)
-            if self.client is not None:
-                self._statsd(kind)
+        for kind in group(records):
+            # One kind's failure is its own: the other kinds are still counted.
+            try:
+                if self.prometheus is not None:
+                    self.prometheus.kind_done(kind)
+                if kind.service:
+                    self.active.add(kind.service)
+                if self.client is not None:
+                    self._statsd(kind)
+            except Exception:
+                log.exception("lbproxy: error counting %d requests to %s", kind.count, kind.service)
         if self.samples >= self.TIMERS_PER_DATAGRAM:
             self.flush()
 

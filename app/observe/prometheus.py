@@ -10,7 +10,7 @@ across reloads. The master calls ``mark_process_dead`` in ``child_exit`` for
 the live gauges.
 
 A request is not one call into prometheus_client. Each worker sums what it
-sees in plain dicts (``requests_done``, a few dict updates a kind of request), and ``flush`` moves
+sees in plain dicts (``kind_done``, a few dict updates a kind of request), and ``flush`` moves
 the sums into the files every ``statsd.interval`` seconds, with StatsD's flush.
 Histograms are moved the same way, a bucket count at a time: prometheus_client
 has no public batch ``observe``, so ``flush`` adds to the histogram's
@@ -143,30 +143,31 @@ class PrometheusFeed:
     # --- per request: plain dict updates -------------------------------------
 
     def request_done(self, record: Record) -> None:
-        self.requests_done(group([record]))
+        for kind in group([record]):
+            self.kind_done(kind)
 
-    def requests_done(self, kinds: list[Ended]) -> None:
-        """Ended requests, a kind at a time (app/observe/record.group)."""
+    def kind_done(self, kind: Ended) -> None:
+        """Ended requests of one kind (app/observe/record.group). The sums are
+        those of the requests counted one by one, up to float rounding."""
         counts = self.counts
-        for kind in kinds:
-            service, count = kind.service or UNROUTED, kind.count
-            code = _CODES[kind.status // 100] if kind.status else "none"
-            counts[(self.requests, (service, code))] += count
-            if kind.outcome != "success":
-                counts[(self.errors, (service, kind.outcome))] += count
-            if kind.service is None:
-                continue
-            if kind.upstream is not None:
-                counts[(self.upstream_requests, (service, kind.upstream, code))] += count
-            if kind.retries:
-                counts[(self.retries, (service,))] += kind.retries
-            if kind.bytes_in:
-                counts[(self.received, (service,))] += kind.bytes_in
-            if kind.bytes_out:
-                counts[(self.sent, (service,))] += kind.bytes_out
-            self._samples(self.duration, service, kind.durations)
-            if kind.upstream_times:
-                self._samples(self.upstream_duration, service, kind.upstream_times)
+        service, count = kind.service or UNROUTED, kind.count
+        code = _CODES[kind.status // 100] if kind.status else "none"
+        counts[(self.requests, (service, code))] += count
+        if kind.outcome != "success":
+            counts[(self.errors, (service, kind.outcome))] += count
+        if kind.service is None:
+            return
+        if kind.upstream is not None:
+            counts[(self.upstream_requests, (service, kind.upstream, code))] += count
+        if kind.retries:
+            counts[(self.retries, (service,))] += kind.retries
+        if kind.bytes_in:
+            counts[(self.received, (service,))] += kind.bytes_in
+        if kind.bytes_out:
+            counts[(self.sent, (service,))] += kind.bytes_out
+        self._samples(self.duration, service, kind.durations)
+        if kind.upstream_times:
+            self._samples(self.upstream_duration, service, kind.upstream_times)
 
     def _samples(self, histogram, service: str, seconds: list[float]) -> None:
         per_service = self.samples[histogram]

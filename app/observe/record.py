@@ -74,13 +74,15 @@ class Ended:
     def __init__(self, key: tuple, records: list[Record], now: float):
         self.service, self.upstream, self.status, self.outcome = key
         self.count = len(records)
-        # Seconds, in the order the requests ended; None (not timed) left out.
+        # Seconds, in the order the requests ended; the other times only where
+        # taken (None: no upstream answered, or a pooled connection was reused).
         self.durations = [(record.finished or now) - record.started for record in records]
         self.upstream_times = [r.upstream_time for r in records if r.upstream_time is not None]
         self.connect_times = [r.connect_time for r in records if r.connect_time is not None]
-        self.bytes_in = sum([record.bytes_in for record in records])
-        self.bytes_out = sum([record.bytes_out for record in records])
-        self.retries = sum([record.retries for record in records])
+        # (``or 0``: a count that was never set cannot fail the kind's sums.)
+        self.bytes_in = sum([record.bytes_in or 0 for record in records])
+        self.bytes_out = sum([record.bytes_out or 0 for record in records])
+        self.retries = sum([record.retries or 0 for record in records])
 
 
 def group(records: list[Record]) -> list[Ended]:

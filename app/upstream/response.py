@@ -162,7 +162,9 @@ def client_headers(head: ResponseHead, request_id: str = "") -> list[tuple[str, 
     length = None
     if head.content_length is not None and head.status >= 200 and head.status != 204:
         length = head.content_length
-    if head.lines is None:
+    # Made or checked printable (app/observe/record.request_id); one that is not
+    # goes the plain way, where the HTTP server's field_block refuses it.
+    if head.lines is None or not (request_id.isascii() and request_id.isprintable()):
         headers = response_headers(head.headers, head.names, _CONTENT_LENGTH)
         if length is not None:
             headers.append(("Content-Length", str(length)))
@@ -179,10 +181,6 @@ def client_headers(head: ResponseHead, request_id: str = "") -> list[tuple[str, 
         names.append("content-length")
         block += f"Content-Length: {value}\r\n"
     if request_id:
-        # Made or checked printable (app/observe/record.request_id); checked
-        # again here, where nothing else would keep a CR or LF out of the head.
-        if not (request_id.isascii() and request_id.isprintable()):
-            raise ValueError("a request id that cannot be a header value")
         fields.append(("X-Request-Id", request_id))
         names.append("x-request-id")
         block += f"X-Request-Id: {request_id}\r\n"

@@ -316,3 +316,21 @@ def test_a_batch_counts_what_its_requests_count_one_at_a_time(sink):
     assert "lb.web.hosts.10_0_0_2_80.connect:3.000000|ms" in timers
     assert counters["lb.unrouted.errors.unknown_domain"] == 6
     assert counters["lb.api.retries"] == 14 and counters["lb.api.bytes_out"] == 49
+
+
+def test_a_request_that_cannot_be_counted_costs_only_its_own_kind(sink, caplog):
+    from app.observe.record import Record
+
+    good = [Record(f"r{n}", service="web", upstream="10.0.0.1:80", status=200) for n in range(3)]
+    odd = Record("odd", service="web", upstream="10.0.0.1:80", status="200")  # not an int
+    unset = Record("unset", service="web", upstream="10.0.0.1:80", status=200, bytes_out=None)
+    for record in (*good, odd, unset):
+        record.finish()
+    metrics = Metrics(Statsd(host="127.0.0.1", port=sink.getsockname()[1], prefix="lb"))
+    with caplog.at_level("ERROR", logger="gunicorn.error"):
+        metrics.requests_done([good[0], odd, *good[1:], unset])
+    metrics.flush()
+    counters, timers = received(sink)
+    assert counters["lb.web.status.2xx"] == 4  # the good ones and the one without a byte count
+    assert sum(line.startswith("lb.web.request:") for line in timers) == 4
+    assert "error counting 1 requests to web" in caplog.text

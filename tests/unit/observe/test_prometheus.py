@@ -165,7 +165,8 @@ def test_a_batch_sums_what_its_requests_sum_one_at_a_time():
 
     records = mixed_records()
     together, alone = PrometheusFeed(), PrometheusFeed()
-    together.requests_done(group(records))
+    for kind in group(records):
+        together.kind_done(kind)
     for record in records:
         alone.request_done(record)
 
