@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from http import HTTPStatus
 from json.encoder import encode_basestring_ascii
 
 from gunicorn.glogging import Logger
@@ -183,8 +184,9 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-# Statuses as text, made once: a lookup costs a fraction of formatting an int.
-_STATUSES = {status: str(status) for status in range(100, 600)}
+# The registered statuses as text, made once: a lookup costs a fraction of
+# formatting an int (any other status is formatted).
+_STATUSES = {status.value: str(status.value) for status in HTTPStatus}
 
 _second: list = [None, ""]  # the last second formatted, and its text
 _milli: list = [None, ""]  # the last millisecond formatted, and its text
