@@ -143,10 +143,6 @@ class Metrics:
         """Anything to report: StatsD, or Prometheus."""
         return self.client is not None or self.prometheus is not None
 
-    def request_done(self, record: Record) -> None:
-        """One ended request (tests and tools; a worker hands on batches)."""
-        self.requests_done([record])
-
     def requests_done(self, records: list[Record]) -> None:
         """Ended requests, counted a kind at a time (app/observe/record.group)."""
         if self.client is None and self.prometheus is None:
@@ -208,7 +204,7 @@ class Metrics:
             self._count(f"{safe(service)}.tunnels.opened")
 
     def tunnel_closed(self, record: Record) -> None:
-        """A tunnel's end (its request is counted by ``request_done`` as well)."""
+        """A tunnel's end (its request is counted by ``requests_done`` as well)."""
         if self.prometheus is not None and record.service is not None:
             self.prometheus.count("tunnels_closed", (record.service, record.tunnel_close))
         if self.client is None or record.service is None:

@@ -10,8 +10,9 @@ across reloads. The master calls ``mark_process_dead`` in ``child_exit`` for
 the live gauges.
 
 A request is not one call into prometheus_client. Each worker sums what it
-sees in plain dicts (``kind_done``, a few dict updates a kind of request), and ``flush`` moves
-the sums into the files every ``statsd.interval`` seconds, with StatsD's flush.
+sees in plain dicts (``kind_done``: a few dict updates for each kind of
+request in a batch, app/observe/record.group), and ``flush`` moves the sums
+into the files every ``statsd.interval`` seconds, with StatsD's flush.
 Histograms are moved the same way, a bucket count at a time: prometheus_client
 has no public batch ``observe``, so ``flush`` adds to the histogram's
 ``_buckets`` and ``_sum``. Those are private names, pinned by
@@ -31,7 +32,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from app import __version__
-from app.observe.record import Ended, Record, group
+from app.observe.record import Ended
 
 DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: from 1 ms to 10 s, with 0.25 s, the latency SLO's edge (monitoring/slo.yaml).
@@ -141,10 +142,6 @@ class PrometheusFeed:
         }
 
     # --- per request: plain dict updates -------------------------------------
-
-    def request_done(self, record: Record) -> None:
-        for kind in group([record]):
-            self.kind_done(kind)
 
     def kind_done(self, kind: Ended) -> None:
         """Ended requests of one kind (app/observe/record.group). The sums are

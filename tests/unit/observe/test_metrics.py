@@ -231,7 +231,7 @@ def test_a_tunnel_counts_opened_closed_by_reason_and_bytes(sink):
     record.service, record.status, record.tunnel_close = "chat", 101, "idle"
     record.bytes_in, record.bytes_out = 10, 250
     record.finish()
-    metrics.request_done(record)
+    metrics.requests_done([record])
     metrics.tunnel_closed(record)
     metrics.flush()
     got = datagram(sink)
@@ -306,7 +306,7 @@ def test_a_batch_counts_what_its_requests_count_one_at_a_time(sink):
     counters, timers = received(sink)
     alone = Metrics(Statsd(host="127.0.0.1", port=port, prefix="lb"))
     for record in records:
-        alone.request_done(record)
+        alone.requests_done([record])
     alone.flush()
     assert (counters, timers) == received(sink)
     # Every sample sent, each under its service and its host.
